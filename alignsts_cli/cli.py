@@ -1,0 +1,307 @@
+"""The ``alignsts`` command line: parse, call the API, show progress, map errors to exit codes.
+
+Heavy modules (numpy, Praat, torch) are imported inside the commands so that
+``alignsts --help`` starts at once.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alignsts_cli import __version__
+from alignsts_cli.errors import AlignSTSError
+
+app = typer.Typer(
+    name="alignsts",
+    help="Turn a speech recording into singing: the same voice and words, sung to your melody "
+    "(MIDI, F0 CSV or a reference singing recording).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    # One plain line on stderr: scripts can read it and people can act on it.
+    print(f"alignsts: error: {message}", file=sys.stderr)
+
+
+def friendly(fn):
+    """Turn user errors into one line and an exit code; keep tracebacks for ALIGNSTS_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except AlignSTSError as exc:
+            if os.environ.get("ALIGNSTS_DEBUG"):
+                raise
+            _error(str(exc))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            _error("interrupted; no output was written for the unfinished file")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError:
+            _error("out of memory; convert a shorter piece or close other programs")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except Exception as exc:  # a bug: say so plainly
+            if os.environ.get("ALIGNSTS_DEBUG"):
+                raise
+            _error(
+                f"internal error ({type(exc).__name__}: {exc}); please report it, "
+                "and run with ALIGNSTS_DEBUG=1 for the full traceback"
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        print(f"alignsts {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
+    """Turn a speech recording into singing."""
+
+
+# Options shared by convert and batch ---------------------------------------------------------
+MelodyType = Annotated[str, typer.Option("--melody-type", help="auto (by extension), midi, csv or audio.")]
+Track = Annotated[Optional[str], typer.Option(help="MIDI track: index (0 = first in the file) or part of its name.")]
+Channel = Annotated[Optional[int], typer.Option(help="MIDI channel 1-16 (10 is drums and is ignored).")]
+PitchBend = Annotated[bool, typer.Option("--pitch-bend/--no-pitch-bend", help="Apply MIDI pitch bends.")]
+F0Units = Annotated[str, typer.Option("--f0-units", help="CSV F0 values: auto, hz or midi (note numbers).")]
+Confidence = Annotated[float, typer.Option(help="CSV frames below this confidence are unvoiced.")]
+Transpose = Annotated[float, typer.Option(help="Shift the melody by N semitones.")]
+AutoKey = Annotated[bool, typer.Option("--auto-key", help="Move the melody by octaves into the speaker's range.")]
+Tempo = Annotated[float, typer.Option(help="Tempo factor: 2 = twice as fast, 0.5 = half speed.")]
+Vibrato = Annotated[float, typer.Option(help="Vibrato depth in cents (0 = none; 20-50 sounds natural).")]
+Engine = Annotated[str, typer.Option(help="auto, psola or alignsts.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda (for the neural engine).")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed, for reproducible neural sampling.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+def _melody_options(**kw):
+    from alignsts_cli.api import MelodyOptions
+
+    return MelodyOptions(**kw)
+
+
+@app.command()
+@friendly
+def convert(
+    speech: Annotated[Path, typer.Argument(help="Speech recording (WAV, FLAC, OGG, ...).")],
+    melody: Annotated[Path, typer.Option("--melody", "-m", help="MIDI file, F0 CSV or reference singing.")],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Output .wav or .flac [default: SPEECH-sung.wav].")
+    ] = None,
+    melody_type: MelodyType = "auto",
+    engine: Engine = "auto",
+    device: Device = "auto",
+    seed: Seed = None,
+    track: Track = None,
+    channel: Channel = None,
+    pitch_bend: PitchBend = False,
+    f0_units: F0Units = "auto",
+    confidence: Confidence = 0.5,
+    transpose: Transpose = 0.0,
+    auto_key: AutoKey = False,
+    tempo: Tempo = 1.0,
+    vibrato: Vibrato = 0.0,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the melody against the sung F0 as a PNG.")] = None,
+    overwrite: Overwrite = False,
+):
+    """Sing SPEECH to a melody: alignsts convert speech.wav --melody song.mid -o out.wav"""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from alignsts_cli import api
+
+    out = output if output is not None else speech.with_name(speech.stem + "-sung.wav")
+    options = _melody_options(
+        kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
+        confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
+    )
+    err = _console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<22}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("starting", total=1.0)
+        result = api.convert(
+            speech, melody, out, engine=engine, melody_options=options, vibrato=vibrato, device=device,
+            seed=seed, plot=plot, overwrite=overwrite,
+            progress=lambda stage, frac: bar.update(task, description=stage, completed=frac),
+        )
+    info = result.info
+    extra = ""
+    if info.get("auto_key_octaves"):
+        extra = f"; melody moved {info['auto_key_octaves']:+d} octave(s) by --auto-key"
+    print(
+        f"wrote {result.output} ({result.seconds:.1f} s, {result.sample_rate} Hz, {result.engine} engine: "
+        f"{info.get('syllables', '?')} syllables on {info.get('notes', '?')} notes{extra})"
+    )
+    if plot is not None:
+        print(f"wrote {plot}")
+
+
+@app.command()
+@friendly
+def batch(
+    folder: Annotated[Path, typer.Argument(help="Folder of speech files (and melodies, or a pairs.csv).")],
+    output_dir: Annotated[
+        Optional[Path], typer.Option("--output-dir", "-o", help="Where to write [default: FOLDER-sung/].")
+    ] = None,
+    melody: Annotated[Optional[Path], typer.Option("--melody", "-m", help="One melody for every file.")] = None,
+    manifest: Annotated[
+        Optional[Path], typer.Option(help="CSV of speech,melody[,output] [default: FOLDER/pairs.csv if present].")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Look in subfolders.")] = True,
+    melody_type: MelodyType = "auto",
+    engine: Engine = "auto",
+    device: Device = "auto",
+    seed: Seed = None,
+    track: Track = None,
+    channel: Channel = None,
+    pitch_bend: PitchBend = False,
+    f0_units: F0Units = "auto",
+    confidence: Confidence = 0.5,
+    transpose: Transpose = 0.0,
+    auto_key: AutoKey = False,
+    tempo: Tempo = 1.0,
+    vibrato: Vibrato = 0.0,
+    overwrite: Overwrite = False,
+):
+    """Convert every speech file in FOLDER; one failure never stops the rest.
+
+    Pairs come from pairs.csv, from --melody, or from matching names (take1.wav + take1.mid).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from alignsts_cli import api
+    from alignsts_cli.batch import MELODY_SUFFIXES, find_jobs
+
+    if output_dir is None:
+        base = folder.expanduser().resolve()
+        output_dir = base.parent / f"{base.name}-sung"
+    api.resolve_engine(engine)
+    api.check_device(device)
+    options = _melody_options(
+        kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
+        confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
+    )
+    jobs = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
+    err = _console(stderr=True)
+    rows = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        transient=True, disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("converting", total=len(jobs))
+        for job in jobs:
+            bar.update(task, description=f"converting {job.speech.name}")
+            if job.melody is None:
+                looked = ", ".join(job.speech.stem + s for s in MELODY_SUFFIXES[:4])
+                rows.append((job, "failed", None, f"no melody found (looked for {looked}, ...)"))
+            elif job.output.exists() and not overwrite:
+                rows.append((job, "skipped", None, "output exists (--overwrite to redo)"))
+            else:
+                try:
+                    res = api.convert(
+                        job.speech, job.melody, job.output, engine=engine, melody_options=options, vibrato=vibrato,
+                        device=device, seed=seed, overwrite=overwrite,
+                    )
+                    rows.append((job, "ok", res.seconds, ""))
+                except AlignSTSError as exc:
+                    rows.append((job, "failed", None, str(exc)))
+                except Exception as exc:  # a bug in one file must not stop the others
+                    rows.append((job, "failed", None, f"internal error ({type(exc).__name__}: {exc})"))
+            bar.advance(task)
+
+    table = Table(title=f"alignsts batch: {folder}", show_lines=False)
+    for col in ("speech", "melody", "result", "seconds", "output / reason"):
+        table.add_column(col, overflow="fold")
+    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    for job, status, secs, note in rows:
+        table.add_row(
+            str(job.speech), str(job.melody) if job.melody else "-", f"[{colour[status]}]{status}[/]",
+            f"{secs:.1f}" if secs is not None else "", note or str(job.output),
+        )
+    out = _console()
+    out.print(table)
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("ok", "skipped", "failed")}
+    out.print(f"{counts['ok']} converted, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {output_dir}")
+    if counts["failed"]:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+@app.command("extract-f0")
+@friendly
+def extract_f0(
+    reference: Annotated[Path, typer.Argument(help="A recording of singing (one voice).")],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="CSV to write [default: REFERENCE.f0.csv].")
+    ] = None,
+    hop: Annotated[float, typer.Option(help="Frame step in seconds.")] = 0.01,
+    floor: Annotated[float, typer.Option(help="Lowest F0 searched, Hz.")] = 80.0,
+    ceiling: Annotated[float, typer.Option(help="Highest F0 searched, Hz.")] = 750.0,
+    midi: Annotated[Optional[Path], typer.Option(help="Also write the notes found as a MIDI file.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the F0 over a spectrogram as a PNG.")] = None,
+    overwrite: Overwrite = False,
+):
+    """Write the F0 contour of a sung recording as CSV (time,frequency,confidence; CREPE format)."""
+    from alignsts_cli import api
+
+    res = api.extract_f0_file(
+        reference, output, hop=hop, floor=floor, ceiling=ceiling, midi=midi, plot=plot, overwrite=overwrite
+    )
+    voiced = float((res.f0 > 0).mean())
+    print(f"wrote {res.csv} ({len(res.f0)} frames of {res.hop * 1000:g} ms, {voiced:.0%} voiced, {res.notes} notes)")
+    for extra in (res.midi, res.plot):
+        if extra is not None:
+            print(f"wrote {extra}")
+
+
+@app.command("download-weights")
+@friendly
+def download_weights():
+    """Fetch the model weights listed in weights.lock and verify their sha256."""
+    from alignsts_cli.weights import PACKAGE_LOCK, read_lock
+
+    components = read_lock()
+    if not components:
+        print(
+            f"{PACKAGE_LOCK.name} lists no weights yet, so there is nothing to download. "
+            "The psola engine (the default) needs no weights."
+        )
+        return
+    raise AlignSTSError("downloading weights is not supported by this version; update alignsts")
+
+
+def main() -> None:
+    app(prog_name="alignsts")

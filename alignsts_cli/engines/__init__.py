@@ -1,0 +1,1 @@
+"""Conversion engines: each turns (speech audio, target melody) into sung audio."""

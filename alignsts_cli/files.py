@@ -1,0 +1,107 @@
+"""Safe output files: checked before the work starts, written atomically after.
+
+Every file the tool writes (audio, CSV, MIDI, PNG) goes through ``atomic_output``:
+the data lands in a hidden temporary file beside the target and is renamed over
+it only once complete, so an interrupted run or a full disk never leaves a
+partial or half-overwritten file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from alignsts_cli.errors import AlignSTSError
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    suffixes: Iterable[str] | None = None,
+) -> Path:
+    """Validate an output path before any work is done; return it as a Path.
+
+    Refuses an input file (whatever ``overwrite`` says), an existing file unless
+    ``overwrite``, an unknown extension, and a folder that cannot be written.
+    Missing parent folders are created.
+    """
+    out = Path(path).expanduser()
+    if suffixes is not None:
+        allowed = [s.lower() for s in suffixes]
+        if out.suffix.lower() not in allowed:
+            raise AlignSTSError(
+                f"{out}: output must end in {' or '.join(allowed)}; choose a name with one of those extensions"
+            )
+    for inp in inputs:
+        if inp is not None and (_same_file(out, Path(inp)) or out.resolve() == Path(inp).expanduser().resolve()):
+            raise AlignSTSError(f"{out}: this is an input file and is never overwritten; choose another output name")
+    if out.is_dir():
+        raise AlignSTSError(f"{out}: is a folder; give a file name for the output")
+    if out.exists() and not overwrite:
+        raise AlignSTSError(f"{out}: already exists; pass --overwrite to replace it or choose another name")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        # Probe with a real file: permission bits say nothing when running as root.
+        fd, probe = tempfile.mkstemp(prefix=".alignsts-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AlignSTSError(
+            f"{parent}: cannot write to this folder ({exc.strerror or exc}); choose a writable output location"
+        ) from None
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _describe_write_error(path: Path, exc: OSError) -> AlignSTSError:
+    if exc.errno == errno.ENOSPC:
+        return AlignSTSError(f"{path}: the disk is full, nothing was written; free some space and run again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AlignSTSError(f"{path}: permission denied, nothing was written; choose a writable output location")
+    return AlignSTSError(f"{path}: could not be written ({exc.strerror or exc}); nothing was written")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    On any error the temporary file is removed and ``path`` is left untouched.
+    OS errors (disk full, permissions) become an ``AlignSTSError``.
+    """
+    target = Path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _describe_write_error(target, exc) from None
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _describe_write_error(target, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,695 @@
+"""Melody input: a MIDI file, an F0 contour (CSV) or a reference singing recording,
+turned into one target F0 contour that every engine uses.
+
+A ``Melody`` is an F0 contour on a fixed grid (``f0[i]`` is the pitch in Hz at time
+``i * hop`` seconds, 0 = unvoiced / rest) plus the list of notes it is made of. For
+MIDI the notes come from the file; for a contour they are segmented from it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.files import atomic_output, check_output_path
+
+#: Grid of every melody contour, in seconds (10 ms, the CREPE convention).
+HOP = 0.01
+#: Sane range of a sung melody after transposition, in Hz.
+MIN_F0_HZ = 50.0
+MAX_F0_HZ = 1100.0
+#: Longest melody accepted, in seconds.
+MAX_MELODY_SECONDS = 360.0
+#: Praat autocorrelation settings for singing (SPEC.md section 3).
+SINGING_F0_FLOOR = 80.0
+SINGING_F0_CEILING = 750.0
+SINGING_VOICING_THRESHOLD = 0.6
+#: MIDI channel that General MIDI reserves for drums (0-based; "channel 10" to a musician).
+DRUM_CHANNEL = 9
+#: Pitch-bend range assumed for MIDI files, in semitones (the General MIDI default).
+PITCH_BEND_RANGE = 2.0
+
+MIDI_EXTENSIONS = (".mid", ".midi", ".kar", ".smf")
+CSV_EXTENSIONS = (".csv", ".tsv", ".txt", ".f0")
+
+
+def midi_to_hz(m):
+    return 440.0 * 2.0 ** ((np.asarray(m, dtype=np.float64) - 69.0) / 12.0)
+
+
+def hz_to_midi(f):
+    return 69.0 + 12.0 * np.log2(np.asarray(f, dtype=np.float64) / 440.0)
+
+
+@dataclass
+class Note:
+    start: float  # seconds
+    end: float  # seconds
+    pitch: float  # MIDI note number (may be fractional for notes found in a contour)
+    channel: int | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Melody:
+    f0: np.ndarray  # [T] Hz on the HOP grid, 0 = unvoiced
+    notes: list[Note]
+    source: str = ""
+    hop: float = HOP
+    info: dict = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return len(self.f0) * self.hop
+
+    @property
+    def times(self) -> np.ndarray:  # [T]
+        return np.arange(len(self.f0)) * self.hop
+
+    @property
+    def voiced(self) -> np.ndarray:  # [T] bool
+        return self.f0 > 0
+
+    def f0_at(self, times: np.ndarray) -> np.ndarray:
+        """Contour value at arbitrary times (nearest frame; 0 outside)."""
+        idx = np.round(np.asarray(times) / self.hop).astype(np.int64)
+        out = np.zeros(idx.shape, dtype=np.float64)
+        ok = (idx >= 0) & (idx < len(self.f0))
+        out[ok] = self.f0[idx[ok]]
+        return out
+
+    def frames(self, hop: float, n_frames: int | None = None) -> np.ndarray:
+        """The contour on another grid of ``hop`` seconds, ``[n_frames]`` (nearest frame)."""
+        n = n_frames if n_frames is not None else int(math.ceil(self.duration / hop))
+        return self.f0_at(np.arange(n) * hop)
+
+    def median_midi(self) -> float:
+        return float(np.median(hz_to_midi(self.f0[self.voiced])))
+
+    def transposed(self, semitones: float) -> "Melody":
+        if semitones == 0:
+            return self
+        ratio = 2.0 ** (semitones / 12.0)
+        notes = [replace(n, pitch=n.pitch + semitones) for n in self.notes]
+        return replace(self, f0=self.f0 * ratio, notes=notes)
+
+    def stretched(self, tempo: float) -> "Melody":
+        """Play at ``tempo`` times the speed (2.0 = twice as fast, half as long)."""
+        if tempo == 1.0:
+            return self
+        n = int(math.ceil(self.duration / tempo / self.hop))
+        f0 = self.f0_at(np.arange(n) * self.hop * tempo)
+        notes = [replace(x, start=x.start / tempo, end=x.end / tempo) for x in self.notes]
+        return replace(self, f0=f0, notes=notes)
+
+
+# --------------------------------------------------------------------------- MIDI
+
+@dataclass
+class MidiTrack:
+    index: int
+    name: str
+    notes: list[Note]  # melodic notes, drums excluded
+    drum_notes: int
+    has_lyrics: bool
+    bends: dict  # channel -> list of (seconds, semitones)
+
+
+def _tempo_map(mid, track_indices) -> list[tuple[int, int]]:
+    changes = []
+    for i in track_indices:
+        tick = 0
+        for msg in mid.tracks[i]:
+            tick += msg.time
+            if msg.type == "set_tempo":
+                changes.append((tick, msg.tempo))
+    changes.sort(key=lambda c: c[0])
+    return changes
+
+
+def _tick_to_seconds(tempo_changes, ticks_per_beat: int):
+    """Return a function mapping absolute ticks to seconds under a tempo map."""
+    points = [(0, 0.0, 500000)]  # (tick, seconds at tick, tempo from tick on)
+    for tick, tempo in tempo_changes:
+        t0, s0, tempo0 = points[-1]
+        sec = s0 + (tick - t0) * tempo0 / 1e6 / ticks_per_beat
+        if tick == t0:
+            points[-1] = (t0, s0, tempo)
+        else:
+            points.append((tick, sec, tempo))
+    starts = np.array([p[0] for p in points])
+
+    def convert(tick: int) -> float:
+        k = int(np.searchsorted(starts, tick, side="right") - 1)
+        t0, s0, tempo = points[k]
+        return s0 + (tick - t0) * tempo / 1e6 / ticks_per_beat
+
+    return convert
+
+
+def read_midi_tracks(path: str | os.PathLike) -> list[MidiTrack]:
+    """Every track of a MIDI file with its notes in seconds (tempo map honoured)."""
+    import mido
+
+    p = _existing(path, "MIDI")
+    try:
+        mid = mido.MidiFile(str(p), clip=True)
+    except Exception as exc:
+        raise AlignSTSError(
+            f"{p}: not a valid MIDI file ({str(exc) or type(exc).__name__}); export the melody from your editor again"
+        ) from None
+    if mid.type == 2:  # independent songs: each track keeps its own tempo map
+        maps = {i: _tick_to_seconds(_tempo_map(mid, [i]), mid.ticks_per_beat) for i in range(len(mid.tracks))}
+    else:
+        shared = _tick_to_seconds(_tempo_map(mid, range(len(mid.tracks))), mid.ticks_per_beat)
+        maps = {i: shared for i in range(len(mid.tracks))}
+    tracks = []
+    for i, trk in enumerate(mid.tracks):
+        sec = maps[i]
+        tick = 0
+        name = ""
+        open_notes: dict[tuple[int, int], list[int]] = {}
+        spans: list[tuple[int, int, int, int]] = []  # start tick, end tick, note, channel
+        bends: dict[int, list[tuple[float, float]]] = {}
+        lyrics = False
+        for msg in trk:
+            tick += msg.time
+            if msg.type == "track_name" and not name:
+                name = msg.name.strip()
+            elif msg.type == "lyrics":
+                lyrics = True
+            elif msg.type == "note_on" and msg.velocity > 0:
+                open_notes.setdefault((msg.channel, msg.note), []).append(tick)
+            elif msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0):
+                starts = open_notes.get((msg.channel, msg.note))
+                if starts:
+                    spans.append((starts.pop(0), tick, msg.note, msg.channel))
+            elif msg.type == "pitchwheel":
+                bends.setdefault(msg.channel, []).append((sec(tick), msg.pitch / 8192.0 * PITCH_BEND_RANGE))
+        for (ch, note), starts in open_notes.items():  # notes never released end with the track
+            spans.extend((s, tick, note, ch) for s in starts)
+        notes = [
+            Note(sec(a), sec(b), float(n), ch) for a, b, n, ch in sorted(spans) if ch != DRUM_CHANNEL and b > a
+        ]
+        drums = sum(1 for s in spans if s[3] == DRUM_CHANNEL)
+        tracks.append(MidiTrack(i, name, notes, drums, lyrics, bends))
+    return tracks
+
+
+_MELODY_NAMES = re.compile(r"melod|vocal|voice|vox|lead|sing|solo|lyric|tune", re.IGNORECASE)
+
+
+def describe_tracks(tracks: list[MidiTrack]) -> str:
+    parts = [f"{t.index} '{t.name or 'unnamed'}' ({len(t.notes)} notes)" for t in tracks if t.notes]
+    return ", ".join(parts) if parts else "none"
+
+
+def skyline(notes: list[Note], min_piece: float = 0.02) -> list[Note]:
+    """Reduce overlapping notes to one line: the highest sounding note wins.
+
+    Returns non-overlapping notes sorted by time. Pieces shorter than ``min_piece``
+    left over from brief overlaps are dropped.
+    """
+    if not notes:
+        return []
+    bounds = sorted({n.start for n in notes} | {n.end for n in notes})
+    order = sorted(range(len(notes)), key=lambda k: notes[k].start)
+    active: list[int] = []
+    nxt = 0
+    pieces: list[tuple[float, float, int]] = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        while nxt < len(order) and notes[order[nxt]].start <= a:
+            active.append(order[nxt])
+            nxt += 1
+        active = [k for k in active if notes[k].end > a]
+        if not active:
+            continue
+        best = max(active, key=lambda k: (notes[k].pitch, notes[k].start))
+        if pieces and pieces[-1][2] == best and abs(pieces[-1][1] - a) < 1e-9:
+            pieces[-1] = (pieces[-1][0], b, best)
+        else:
+            pieces.append((a, b, best))
+    out = []
+    for a, b, k in pieces:
+        if b - a < min_piece and b - a < notes[k].duration:
+            continue
+        out.append(Note(a, b, notes[k].pitch, notes[k].channel))
+    return out
+
+
+def load_midi(
+    path: str | os.PathLike,
+    *,
+    track: str | int | None = None,
+    channel: int | None = None,
+    pitch_bend: bool = False,
+    hop: float = HOP,
+) -> Melody:
+    """A melody from a MIDI file.
+
+    ``track``: index (0-based, file order) or part of a track name; default: the
+    track a user would mean (lyrics, then a melody-like name, then the most notes
+    once chords are reduced to their top line). ``channel``: 1-16. Drums (channel
+    10) are ignored, overlapping notes are reduced to their top line, rests are unvoiced.
+    """
+    p = Path(path).expanduser()
+    tracks = read_midi_tracks(p)
+    if channel is not None and not 1 <= channel <= 16:
+        raise AlignSTSError(f"--channel {channel}: MIDI channels are numbered 1 to 16")
+    if channel is not None and channel - 1 == DRUM_CHANNEL:
+        raise AlignSTSError("--channel 10 is the drum channel, which has no melody; choose another channel")
+
+    def notes_of(t: MidiTrack) -> list[Note]:
+        return [n for n in t.notes if channel is None or n.channel == channel - 1]
+
+    if track is not None:
+        chosen = _find_track(tracks, track, p)
+    else:
+        candidates = [t for t in tracks if notes_of(t)]
+        if channel is not None and not candidates:
+            raise AlignSTSError(
+                f"{p}: no notes on channel {channel}; tracks with notes: {describe_tracks(tracks)}"
+            )
+        if not candidates:
+            if any(t.drum_notes for t in tracks):
+                raise AlignSTSError(f"{p}: the file has only drum notes (channel 10); give a MIDI file with a melody")
+            raise AlignSTSError(f"{p}: the MIDI file has no notes; give a file with a melody")
+        # One track is the normal case; with several, take the one a user would mean.
+        chosen = max(
+            candidates,
+            key=lambda t: (t.has_lyrics, bool(_MELODY_NAMES.search(t.name)), len(skyline(notes_of(t)))),
+        )
+    notes = skyline(notes_of(chosen))
+    if not notes:
+        where = f"track {chosen.index} '{chosen.name or 'unnamed'}'" + (f" on channel {channel}" if channel else "")
+        if chosen.drum_notes and not chosen.notes:
+            raise AlignSTSError(f"{p}: {where} has only drum notes (channel 10); tracks with notes: {describe_tracks(tracks)}")
+        raise AlignSTSError(f"{p}: {where} has no notes; tracks with notes: {describe_tracks(tracks)}")
+    f0 = render_notes(notes, hop, bends=chosen.bends if pitch_bend else None)
+    info = {"track": chosen.index, "track_name": chosen.name, "notes": len(notes)}
+    return Melody(f0=f0, notes=notes, source=str(p), hop=hop, info=info)
+
+
+def _find_track(tracks: list[MidiTrack], track: str | int, p: Path) -> MidiTrack:
+    key = str(track).strip()
+    if re.fullmatch(r"\d+", key):
+        i = int(key)
+        if i >= len(tracks):
+            raise AlignSTSError(
+                f"{p}: there is no track {i} (the file has {len(tracks)}, numbered from 0); "
+                f"tracks with notes: {describe_tracks(tracks)}"
+            )
+        return tracks[i]
+    matches = [t for t in tracks if key.lower() in t.name.lower()]
+    if not matches:
+        raise AlignSTSError(f"{p}: no track named like '{key}'; tracks with notes: {describe_tracks(tracks)}")
+    return max(matches, key=lambda t: len(t.notes))
+
+
+def render_notes(notes: list[Note], hop: float = HOP, *, bends: dict | None = None) -> np.ndarray:
+    """F0 contour ``[T]`` (Hz) of non-overlapping notes; T ends with the last note."""
+    end = max(n.end for n in notes)
+    n_frames = int(math.ceil(end / hop - 1e-9))
+    midi = np.zeros(n_frames)
+    t = np.arange(n_frames) * hop
+    for n in notes:
+        sel = (t >= n.start - 1e-9) & (t < n.end - 1e-9)
+        midi[sel] = n.pitch
+        if bends and n.channel in bends:
+            ev = bends[n.channel]
+            bt = np.array([e[0] for e in ev])
+            bv = np.array([e[1] for e in ev])
+            k = np.searchsorted(bt, t[sel], side="right") - 1
+            midi[sel] += np.where(k >= 0, bv[np.maximum(k, 0)], 0.0)
+    return np.where(midi > 0, midi_to_hz(np.maximum(midi, 1)), 0.0)
+
+
+# --------------------------------------------------------------------------- CSV
+
+_TIME_NAMES = ("time", "times", "t", "timestamp", "seconds", "sec", "s")
+_F0_NAMES = ("frequency", "f0", "pitch", "freq", "hz", "f0_hz", "midi", "note", "midi_note")
+_CONF_NAMES = ("confidence", "conf", "periodicity", "voicing", "probability", "prob", "activation")
+
+
+def _num(field_: str) -> float | None:
+    field_ = field_.strip().strip('"').strip("'")
+    if field_ == "":
+        return None
+    return float(field_)
+
+
+def load_f0_csv(
+    path: str | os.PathLike,
+    *,
+    units: str = "auto",
+    confidence_threshold: float = 0.5,
+    hop: float = HOP,
+) -> Melody:
+    """A melody from an F0 contour file.
+
+    Accepts CREPE/PESTO (``time,frequency,confidence``) and plain ``time,f0`` with
+    or without a header; commas, tabs, semicolons or spaces; unvoiced frames as 0,
+    empty, NaN or low confidence. ``units``: ``hz``, ``midi`` (note numbers) or
+    ``auto`` (MIDI when the header says ``midi``/``note``).
+    """
+    p = _existing(path, "F0 CSV")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise AlignSTSError(f"{p}: not a text file; an F0 CSV has lines like 'time,frequency,confidence'") from None
+    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise AlignSTSError(f"{p}: the CSV is empty; it needs lines like 'time,frequency'")
+
+    def split(line: str) -> list[str]:
+        for sep in (",", "\t", ";"):
+            if sep in line:
+                return line.split(sep)
+        return line.split()
+
+    first = split(lines[0][1])
+    header = None
+    try:
+        [_num(x) for x in first]
+    except ValueError:
+        header = [h.strip().strip('"').lower() for h in first]
+        lines = lines[1:]
+    if header is not None:
+        t_col = next((header.index(n) for n in _TIME_NAMES if n in header), 0)
+        f_col = next((header.index(n) for n in _F0_NAMES if n in header), 1 if len(header) > 1 else None)
+        c_col = next((header.index(n) for n in _CONF_NAMES if n in header), None)
+        if f_col is None:
+            raise AlignSTSError(f"{p}: no F0 column in the header {first}; name it 'frequency' or 'f0'")
+        if units == "auto" and header[f_col] in ("midi", "note", "midi_note"):
+            units = "midi"
+    else:
+        t_col, f_col, c_col = 0, 1, (2 if len(first) >= 3 else None)
+    if units == "auto":
+        units = "hz"
+    if units not in ("hz", "midi"):
+        raise AlignSTSError(f"--f0-units {units}: use 'hz' or 'midi'")
+    times, values, confs = [], [], []
+    for lineno, line in lines:
+        fields = split(line)
+        need = max(t_col, f_col, c_col or 0)
+        if len(fields) <= max(t_col, f_col):
+            raise AlignSTSError(f"{p}: line {lineno} has {len(fields)} field(s), expected time and F0; fix or remove it")
+        try:
+            t = _num(fields[t_col])
+            f = _num(fields[f_col])
+            c = _num(fields[c_col]) if c_col is not None and len(fields) > need else None
+        except ValueError:
+            raise AlignSTSError(
+                f"{p}: line {lineno} is not numbers ({line.strip()[:40]!r}); an F0 CSV holds time,frequency[,confidence]"
+            ) from None
+        if t is None or not math.isfinite(t):
+            raise AlignSTSError(f"{p}: line {lineno} has no valid time; every row needs a time in seconds")
+        times.append(t)
+        values.append(np.nan if f is None else f)
+        confs.append(1.0 if c is None or not math.isfinite(c) else c)
+    if not times:
+        raise AlignSTSError(f"{p}: the CSV has a header but no rows of data")
+    t = np.asarray(times)
+    v = np.asarray(values, dtype=np.float64)
+    c = np.asarray(confs)
+    if np.any(np.diff(t) <= 0):
+        k = int(np.nonzero(np.diff(t) <= 0)[0][0])
+        raise AlignSTSError(f"{p}: times must increase, but row {k + 2} ({t[k + 1]}) does not; sort the file by time")
+    voiced = np.isfinite(v) & (v > 0) & (c >= confidence_threshold)
+    if units == "midi":
+        hz = np.where(voiced, midi_to_hz(np.where(voiced, v, 69.0)), 0.0)
+    else:
+        hz = np.where(voiced, v, 0.0)
+    if not voiced.any():
+        raise AlignSTSError(
+            f"{p}: no voiced frames (every F0 is 0, empty, NaN or below confidence {confidence_threshold}); "
+            "check the file or lower --confidence"
+        )
+    f0 = contour_to_grid(t, hz, hop)
+    return Melody(f0=f0, notes=notes_from_contour(f0, hop), source=str(p), hop=hop, info={"units": units})
+
+
+def contour_to_grid(times: np.ndarray, f0: np.ndarray, hop: float = HOP) -> np.ndarray:
+    """Resample an F0 contour sampled at ``times`` onto the grid 0, hop, 2·hop, ...
+
+    Voiced stretches are interpolated in log-frequency; a grid point is voiced
+    only when the nearest input samples on both sides are voiced.
+    """
+    end = float(times[-1])
+    n = int(round(end / hop)) + 1
+    grid = np.arange(n) * hop
+    step = float(np.median(np.diff(times))) if len(times) > 1 else hop
+    k = np.clip(np.searchsorted(times, grid), 1, max(len(times) - 1, 1))
+    if len(times) == 1:
+        return np.where(np.abs(grid - times[0]) <= hop, f0[0], 0.0)
+    left, right = k - 1, k
+    t0, t1 = times[left], times[right]
+    voiced = (f0[left] > 0) & (f0[right] > 0) & (t1 - t0 <= 2.5 * step + 1e-9)
+    # Exact or nearly exact hits on a voiced sample count too.
+    near = np.where(np.abs(grid - t0) <= np.abs(grid - t1), left, right)
+    hit = np.abs(times[near] - grid) <= 0.25 * step
+    w = np.clip((grid - t0) / np.maximum(t1 - t0, 1e-12), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logf = (1 - w) * np.log(np.maximum(f0[left], 1e-9)) + w * np.log(np.maximum(f0[right], 1e-9))
+    out = np.where(voiced, np.exp(logf), 0.0)
+    out = np.where(~voiced & hit & (f0[near] > 0), f0[near], out)
+    out[(grid < times[0] - 0.5 * step) | (grid > end + 0.5 * step)] = 0.0
+    return out
+
+
+def notes_from_contour(
+    f0: np.ndarray, hop: float = HOP, *, min_note: float = 0.05, jump: float = 0.8
+) -> list[Note]:
+    """Segment an F0 contour ``[T]`` (Hz) into notes.
+
+    A note ends at an unvoiced gap, or where the pitch leaves the note's running
+    median by more than ``jump`` semitones for at least ``min_note`` seconds.
+    Notes shorter than ``min_note`` are dropped. Pitches are medians (fractional).
+    """
+    voiced = f0 > 0
+    midi = np.where(voiced, hz_to_midi(np.where(voiced, f0, 1.0)), 0.0)
+    need = max(1, int(round(min_note / hop)))
+    notes: list[Note] = []
+    i, n = 0, len(f0)
+    while i < n:
+        if not voiced[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and voiced[j]:
+            j += 1
+        run = midi[i:j]
+        if len(run) >= 5:  # median filter removes single-frame glitches
+            pad = np.pad(run, 2, mode="edge")
+            run = np.median(np.lib.stride_tricks.sliding_window_view(pad, 5), axis=1)
+        start = 0
+        k = 1
+        while k < len(run):
+            ref = np.median(run[start:k])
+            if abs(run[k] - ref) > jump and k - start >= need:
+                stop = min(k + need, len(run))
+                if np.all(np.abs(run[k:stop] - ref) > jump) and stop - k >= need:
+                    notes.append(Note((i + start) * hop, (i + k) * hop, float(ref)))
+                    start = k
+            k += 1
+        if len(run) - start >= need:
+            notes.append(Note((i + start) * hop, (i + len(run)) * hop, float(np.median(run[start:]))))
+        i = j
+    return notes
+
+
+# --------------------------------------------------------------------------- reference audio
+
+def extract_f0(
+    audio: np.ndarray,
+    sr: int,
+    *,
+    hop: float = HOP,
+    floor: float = SINGING_F0_FLOOR,
+    ceiling: float = SINGING_F0_CEILING,
+    voicing_threshold: float = SINGING_VOICING_THRESHOLD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Praat autocorrelation F0 of ``[n]`` audio on the grid 0, hop, ...
+
+    Returns ``(f0, strength)``, both ``[T]`` with T = ceil(duration / hop); f0 in Hz, 0 = unvoiced.
+    """
+    import parselmouth
+
+    snd = parselmouth.Sound(audio.astype(np.float64), sampling_frequency=sr)
+    pitch = snd.to_pitch_ac(
+        time_step=hop, pitch_floor=floor, pitch_ceiling=ceiling, voicing_threshold=voicing_threshold
+    )
+    freq = pitch.selected_array["frequency"]
+    strength = pitch.selected_array["strength"]
+    xs = pitch.xs()
+    n = int(math.ceil(len(audio) / sr / hop))
+    grid = np.arange(n) * hop
+    if len(xs) == 0:
+        return np.zeros(n), np.zeros(n)
+    idx = np.clip(np.round((grid - xs[0]) / hop).astype(np.int64), 0, len(xs) - 1)
+    inside = (grid >= xs[0] - hop / 2) & (grid <= xs[-1] + hop / 2)
+    f0 = np.where(inside, freq[idx], 0.0)
+    conf = np.where(inside & (f0 > 0), strength[idx], 0.0)
+    return f0, conf
+
+
+def melody_from_audio(
+    path: str | os.PathLike,
+    *,
+    hop: float = HOP,
+    floor: float = SINGING_F0_FLOOR,
+    ceiling: float = SINGING_F0_CEILING,
+) -> Melody:
+    """A melody from a reference singing recording (Praat F0, singing settings)."""
+    from alignsts_cli.audio import load_audio, loudest_dbfs, SILENCE_DBFS
+
+    audio, sr = load_audio(path, what="reference singing")
+    if loudest_dbfs(audio, sr) < SILENCE_DBFS:
+        raise AlignSTSError(f"{path}: the reference recording is silent; give a recording of the melody being sung")
+    f0, _ = extract_f0(audio, sr, hop=hop, floor=floor, ceiling=ceiling)
+    if not (f0 > 0).any():
+        raise AlignSTSError(
+            f"{path}: no pitch found in the reference recording; give a recording of a single voice singing"
+        )
+    return Melody(f0=f0, notes=notes_from_contour(f0, hop), source=str(path), hop=hop)
+
+
+# --------------------------------------------------------------------------- dispatch and checks
+
+def melody_kind(path: str | os.PathLike, kind: str = "auto") -> str:
+    """``midi``, ``csv`` or ``audio``: from ``kind`` when given, else by extension."""
+    if kind != "auto":
+        if kind not in ("midi", "csv", "audio"):
+            raise AlignSTSError(f"--melody-type {kind}: use auto, midi, csv or audio")
+        return kind
+    from alignsts_cli.audio import AUDIO_EXTENSIONS
+
+    ext = Path(path).suffix.lower()
+    if ext in MIDI_EXTENSIONS:
+        return "midi"
+    if ext in CSV_EXTENSIONS:
+        return "csv"
+    if ext in AUDIO_EXTENSIONS:
+        return "audio"
+    raise AlignSTSError(
+        f"{path}: cannot tell the melody type from the extension '{ext}'; use .mid, .csv or an audio file, "
+        "or pass --melody-type midi|csv|audio"
+    )
+
+
+def load_melody(
+    path: str | os.PathLike,
+    kind: str = "auto",
+    *,
+    track: str | int | None = None,
+    channel: int | None = None,
+    pitch_bend: bool = False,
+    f0_units: str = "auto",
+    confidence: float = 0.5,
+) -> Melody:
+    """Load a melody of any supported kind (see ``melody_kind``)."""
+    kind = melody_kind(path, kind)
+    _existing(path, {"midi": "MIDI", "csv": "F0 CSV", "audio": "reference singing"}[kind])
+    if kind == "midi":
+        return load_midi(path, track=track, channel=channel, pitch_bend=pitch_bend)
+    if kind == "csv":
+        return load_f0_csv(path, units=f0_units, confidence_threshold=confidence)
+    return melody_from_audio(path)
+
+
+def prepare_melody(
+    melody: Melody,
+    *,
+    transpose: float = 0.0,
+    tempo: float = 1.0,
+    auto_key_hz: float | None = None,
+) -> Melody:
+    """Apply ``--tempo``, ``--transpose`` and ``--auto-key``, then check the result.
+
+    ``auto_key_hz``: the speaker's median speaking F0; the melody is then moved by
+    whole octaves so that its median sits closest to a comfortable singing pitch
+    for that voice (5 semitones above the speaking median).
+    """
+    if not (0.1 <= tempo <= 10.0):
+        raise AlignSTSError(f"--tempo {tempo}: use a factor between 0.1 and 10 (2 = twice as fast)")
+    if not np.any(melody.voiced) or not melody.notes:
+        raise AlignSTSError(f"{melody.source}: the melody has no notes; give a melody with at least one note")
+    m = melody.stretched(tempo).transposed(transpose)
+    if auto_key_hz:
+        target = float(hz_to_midi(auto_key_hz)) + 5.0
+        octaves = round((target - m.median_midi()) / 12.0)
+        m = m.transposed(12.0 * octaves)
+        m.info = {**m.info, "auto_key_octaves": octaves}
+    if m.duration > MAX_MELODY_SECONDS:
+        raise AlignSTSError(
+            f"{melody.source}: the melody lasts {m.duration / 60:.1f} min, more than the {MAX_MELODY_SECONDS / 60:.0f} min "
+            "this tool converts at once; split the song into sections and convert each"
+        )
+    lo, hi = float(m.f0[m.voiced].min()), float(m.f0[m.voiced].max())
+    if lo < MIN_F0_HZ or hi > MAX_F0_HZ:
+        shift = transpose + 12.0 * m.info.get("auto_key_octaves", 0)
+        raise AlignSTSError(
+            f"{melody.source}: the melody spans {lo:.0f}-{hi:.0f} Hz after transposing by {shift:+g} semitones, outside "
+            f"the singable {MIN_F0_HZ:.0f}-{MAX_F0_HZ:.0f} Hz; use --transpose or --auto-key to move it"
+        )
+    return m
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise AlignSTSError(f"{p}: no such {what} file; check the path")
+    if p.is_dir():
+        raise AlignSTSError(f"{p}: is a folder, not a {what} file")
+    if p.stat().st_size == 0:
+        raise AlignSTSError(f"{p}: the {what} file is empty (0 bytes)")
+    return p
+
+
+# --------------------------------------------------------------------------- writers
+
+def write_f0_csv(path: str | os.PathLike, f0: np.ndarray, confidence: np.ndarray, hop: float = HOP, **check) -> Path:
+    """Write a contour in CREPE format: ``time,frequency,confidence`` (unvoiced: 0,0)."""
+    out = check_output_path(path, suffixes=(".csv",), **check)
+    rows = ["time,frequency,confidence"]
+    for i, (f, c) in enumerate(zip(f0, confidence)):
+        rows.append(f"{i * hop:.3f},{f:.3f},{c if f > 0 else 0.0:.3f}")
+    with atomic_output(out) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
+    return out
+
+
+def write_midi(path: str | os.PathLike, notes: list[Note], *, bpm: float = 120.0, **check) -> Path:
+    """Write notes (pitches rounded to semitones) as a one-track MIDI file."""
+    import mido
+
+    out = check_output_path(path, suffixes=MIDI_EXTENSIONS, **check)
+    tpb = 480
+    mid = mido.MidiFile(type=0, ticks_per_beat=tpb)
+    trk = mido.MidiTrack()
+    mid.tracks.append(trk)
+    tempo = mido.bpm2tempo(bpm)
+    trk.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
+    trk.append(mido.MetaMessage("track_name", name="melody", time=0))
+    events = []
+    for n in notes:
+        pitch = int(np.clip(round(n.pitch), 0, 127))
+        events.append((round(mido.second2tick(n.start, tpb, tempo)), 1, pitch))
+        events.append((round(mido.second2tick(n.end, tpb, tempo)), 0, pitch))
+    events.sort()
+    now = 0
+    for tick, on, pitch in events:
+        msg = "note_on" if on else "note_off"
+        trk.append(mido.Message(msg, note=pitch, velocity=80 if on else 0, time=tick - now))
+        now = tick
+    with atomic_output(out) as tmp:
+        mid.save(str(tmp))
+    return out

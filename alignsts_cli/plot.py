@@ -1,0 +1,90 @@
+"""PNG pictures: F0 over a spectrogram, the melody against what was sung."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from alignsts_cli.files import atomic_output, check_output_path
+
+
+def _figure(rows: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 3.2 * rows), squeeze=False)
+    return plt, fig, axes[:, 0]
+
+
+def _spectrogram(ax, audio: np.ndarray, sr: int, fmax: float = 1500.0) -> None:
+    """Log-magnitude spectrogram up to ``fmax`` Hz (where the F0 lives)."""
+    n_fft = 2048 if sr > 24000 else 1024
+    hop = n_fft // 8
+    if len(audio) < n_fft:
+        audio = np.pad(audio, (0, n_fft - len(audio)))
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
+    mag = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-6)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
+    keep = freqs <= fmax
+    times = (np.arange(mag.shape[1]) * hop + n_fft / 2) / sr
+    top = mag[keep].max() if mag[keep].size else 0
+    ax.pcolormesh(times, freqs[keep], mag[keep], shading="auto", cmap="magma", vmin=top - 80, vmax=top)
+    ax.set_ylabel("Hz")
+    ax.set_ylim(0, fmax)
+
+
+def _contour(ax, f0: np.ndarray, hop: float, **kw) -> None:
+    t = np.arange(len(f0)) * hop
+    ax.plot(t, np.where(f0 > 0, f0, np.nan), **kw)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_f0(path, audio, sr, f0, hop, notes, *, name="", overwrite=False, inputs=()) -> Path:
+    """F0 contour (and segmented notes) over the spectrogram of a recording."""
+    out = check_output_path(path, suffixes=(".png",), overwrite=overwrite, inputs=inputs)
+    plt, fig, (ax,) = _figure(1)
+    fmax = min(sr / 2, max(1000.0, 1.5 * float(np.max(f0)) if np.any(f0 > 0) else 1000.0))
+    _spectrogram(ax, audio, sr, fmax)
+    _contour(ax, f0, hop, color="cyan", lw=1.5, label="F0")
+    for n in notes:
+        hz = 440 * 2 ** ((round(n.pitch) - 69) / 12)
+        ax.hlines(hz, n.start, n.end, color="white", lw=3, alpha=0.6)
+    ax.set_xlabel("seconds")
+    ax.set_title(f"F0 of {name or Path(str(path)).stem}  ({len(notes)} notes, white)")
+    ax.legend(loc="upper right")
+    return _save(plt, fig, out)
+
+
+def plot_conversion(path, speech, sr, song, melody, analysis, *, overwrite=False) -> Path:
+    """Two panels: the speech with its syllables; the song with the target melody and the sung F0."""
+    from alignsts_cli.melody import extract_f0
+
+    out = check_output_path(path, suffixes=(".png",), overwrite=overwrite)
+    plt, fig, (ax0, ax1) = _figure(2)
+    fmax = float(min(sr / 2, max(800.0, 1.4 * melody.f0.max(), 3 * analysis.median_f0)))
+    _spectrogram(ax0, speech, sr, fmax)
+    if analysis.f0 is not None:
+        _contour(ax0, analysis.f0, 0.01, color="cyan", lw=1.2, label="speech F0")
+    for s in analysis.syllables:
+        ax0.axvspan(s.core_start, s.core_end, color="white", alpha=0.15)
+        ax0.axvline(s.start, color="white", lw=0.6, alpha=0.6)
+    ax0.set_title(f"speech: {len(analysis.syllables)} syllables (shaded: vowel cores)")
+    ax0.legend(loc="upper right")
+    _spectrogram(ax1, song, sr, fmax)
+    _contour(ax1, melody.f0, melody.hop, color="white", lw=4, alpha=0.5, label="target melody")
+    sung, _ = extract_f0(song, sr)
+    _contour(ax1, sung, 0.01, color="cyan", lw=1.2, label="sung F0")
+    ax1.set_title("song: target melody against the sung F0")
+    ax1.set_xlabel("seconds")
+    ax1.legend(loc="upper right")
+    return _save(plt, fig, out)
