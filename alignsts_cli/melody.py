@@ -596,7 +596,11 @@ def load_melody(
     confidence: float = 0.5,
 ) -> Melody:
     """Load a melody of any supported kind (see ``melody_kind``)."""
-    kind = melody_kind(path, kind)
+    try:
+        kind = melody_kind(path, kind)
+    except AlignSTSError:
+        _existing(path, "melody")  # a missing file is the first thing to say
+        raise
     _existing(path, {"midi": "MIDI", "csv": "F0 CSV", "audio": "reference singing"}[kind])
     if kind == "midi":
         return load_midi(path, track=track, channel=channel, pitch_bend=pitch_bend)

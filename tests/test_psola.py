@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from alignsts_cli import api
+from alignsts_cli.engines import psola
+from alignsts_cli.melody import Note, extract_f0
+from alignsts_cli.metrics import raw_chroma_accuracy
+from conftest import espeak, write_midi
+
+# Four bars of 4/4 at 100 bpm (0.6 s a beat): quarters and halves around C3-A3.
+FOUR_BARS = [(0, 1, 48), (1, 1, 48), (2, 1, 55), (3, 1, 55), (4, 1, 57), (5, 1, 57), (6, 2, 55),
+             (8, 1, 53), (9, 1, 53), (10, 1, 52), (11, 1, 52), (12, 1, 50), (13, 1, 50), (14, 2, 48)]
+TEMPO_100 = ((0, 600000),)
+
+
+def test_metric_raw_chroma_accuracy():
+    ref = np.array([220.0, 220, 220, 0, 220])
+    assert raw_chroma_accuracy(ref, ref) == 1.0
+    assert raw_chroma_accuracy(ref, ref * 2) == 1.0  # octave errors are forgiven
+    assert raw_chroma_accuracy(ref, ref * 2 ** (1 / 12)) == 0.0  # a semitone off
+    assert raw_chroma_accuracy(ref, np.array([220.0, 0, 226, 220, 220])) == 0.75  # unvoiced counts as wrong
+
+
+@pytest.mark.parametrize("voice,text,auto_key", [
+    ("en-us", "Twinkle twinkle little star, how I wonder what you are.", False),
+    ("en-us", "The quick brown fox jumps over the lazy dog near the river bank.", False),
+    ("en-us+f3", "I have a dream that one day this nation will rise up.", True),
+])
+def test_psola_output_follows_the_notes(tmp_path, voice, text, auto_key):
+    speech = espeak(tmp_path / "speech.wav", text, voice=voice)
+    melody = write_midi(tmp_path / "tune.mid", FOUR_BARS, tempos=TEMPO_100)
+    res = api.convert(speech, melody, tmp_path / "out.wav", engine="psola",
+                      melody_options=api.MelodyOptions(auto_key=auto_key))
+    song, sr = sf.read(res.output)
+    target = res.melody
+    sung, _ = extract_f0(song.astype(np.float32), sr)
+    rca = raw_chroma_accuracy(target.f0, sung)
+    print(f"\n{voice}: raw chroma accuracy {rca:.3f}, duration {len(song) / sr:.3f} s vs melody {target.duration:.3f} s")
+    assert rca >= 0.90
+    assert abs(len(song) / sr - target.duration) <= 0.05 * target.duration
+    assert target.duration == pytest.approx(16 * 0.6 - 0.0, abs=0.02)
+
+
+def test_syllables_found_in_speech(speech):
+    import soundfile as sf
+    x, sr = sf.read(speech, dtype="float32")
+    an = psola.analyse_speech(x, sr)
+    # "The quick brown fox jumps over the lazy dog near the river bank": 16 syllables.
+    assert 12 <= len(an.syllables) <= 19
+    assert 70 < an.median_f0 < 160  # espeak's default male voice
+    for s in an.syllables:
+        assert s.start <= s.core_start < s.core_end <= s.end
+    starts = [s.start for s in an.syllables]
+    assert starts == sorted(starts)
+
+
+def _syl(a, b):
+    return psola.Syllable(a, b, a + 0.02, b - 0.02, (a + b) / 2)
+
+
+@pytest.mark.parametrize("n_syl,n_notes", [(5, 5), (9, 4), (3, 8), (1, 6), (6, 1)])
+def test_assignment_is_ordered_and_complete(n_syl, n_notes):
+    sylls = [_syl(0.3 * k, 0.3 * k + 0.25) for k in range(n_syl)]
+    notes = [Note(0.5 * k, 0.5 * k + 0.45, 60) for k in range(n_notes)]
+    groups = psola.assign_syllables(sylls, notes)
+    assert [s for g in groups for s in g[0]] == list(range(n_syl))
+    assert [n for g in groups for n in g[1]] == list(range(n_notes))
+    assert all(g[0] and g[1] for g in groups)
+    assert all(len(g[0]) == 1 or len(g[1]) == 1 for g in groups)
+
+
+def test_assignment_follows_durations():
+    # A long syllable should take the long notes.
+    sylls = [_syl(0, 0.2), _syl(0.2, 1.0), _syl(1.0, 1.2)]
+    notes = [Note(0, 0.5, 60), Note(0.5, 1.0, 62), Note(1.0, 1.5, 64), Note(1.5, 2.0, 65), Note(2.0, 2.5, 67)]
+    groups = psola.assign_syllables(sylls, notes)
+    assert [len(g[1]) for g in groups] == [1, 3, 1]
+
+
+def test_vibrato_modulates_pitch(tmp_path):
+    speech = espeak(tmp_path / "s.wav", "Hello there, my old friend.")
+    melody = write_midi(tmp_path / "m.mid", [(0, 2, 50), (2, 2, 52), (4, 2, 50)], tempos=TEMPO_100)
+    plain = api.convert(speech, melody, tmp_path / "plain.wav")
+    vib = api.convert(speech, melody, tmp_path / "vib.wav", vibrato=50)
+
+    def spread(path):
+        x, sr = sf.read(path, dtype="float32")
+        f0, _ = extract_f0(x, sr)
+        cents = []
+        for k in range(3):  # the steady middle of each 1.2 s note
+            seg = f0[int((k * 1.2 + 0.5) / 0.01):int((k * 1.2 + 1.0) / 0.01)]
+            seg = seg[seg > 0]
+            cents.append(np.std(1200 * np.log2(seg / np.median(seg))))
+        return float(np.median(cents))
+
+    assert spread(vib.output) > 15 > spread(plain.output)
