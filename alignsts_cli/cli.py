@@ -289,18 +289,65 @@ def extract_f0(
 
 @app.command("download-weights")
 @friendly
-def download_weights():
-    """Fetch the model weights listed in weights.lock and verify their sha256."""
-    from alignsts_cli.weights import PACKAGE_LOCK, read_lock
+def download_weights(
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Hub cache to use [default: HF_HUB_CACHE, else HF_HOME/hub].")
+    ] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Only list what is present; download nothing.")] = False,
+    lock: Annotated[Optional[Path], typer.Option(help="Another weights.lock to use.")] = None,
+):
+    """Fetch the model weights listed in weights.lock, verify their sha256, and list what is present."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.table import Table
 
-    components = read_lock()
+    from alignsts_cli import weights as W
+
+    lock_path = lock if lock is not None else W.PACKAGE_LOCK
+    components = W.read_lock(lock_path)
+    out = _console()
     if not components:
         print(
-            f"{PACKAGE_LOCK.name} lists no weights yet, so there is nothing to download. "
+            f"{lock_path.name} lists no weights yet, so there is nothing to download. "
             "The psola engine (the default) needs no weights."
         )
         return
-    raise AlignSTSError("downloading weights is not supported by this version; update alignsts")
+    notes = []
+    if not list_only:
+        err = _console(stderr=True)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
+            transient=True, disable=not err.is_terminal,
+        ) as bar:
+            tasks: dict[str, int] = {}
+
+            def show(done, total, label):
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total or None)
+                bar.update(tasks[label], completed=done, total=total or None)
+
+            for comp in components:
+                res = W.resolve(comp, cache_dir=cache_dir, download=True, progress=show)
+                if res.pinned_now:
+                    notes.append(
+                        f"{comp.name}: weights.lock leaves {comp.repo} unpinned; pinned it to revision {res.revision} "
+                        f"and recorded the files' sha256 in {W.hub_cache(cache_dir) / W.PINS_FILE}"
+                    )
+    table = Table(title=f"weights ({W.hub_cache(cache_dir)})")
+    for col in ("component", "source", "revision", "size", "state"):
+        table.add_column(col)
+    failed = False
+    for comp in components:
+        st = W.status(comp, cache_dir)
+        failed |= st.state != "present"
+        source = f"bundled: {comp.path}" if comp.bundled else f"hub: {comp.repo}"
+        colour = {"present": "green", "missing": "yellow", "corrupt": "red"}[st.state]
+        table.add_row(comp.name, source, (st.revision or "-")[:12], f"{st.size / 1e6:.1f} MB" if st.size else "-",
+                      f"[{colour}]{st.state}[/]")
+    out.print(table)
+    for note in notes:
+        out.print(note)
+    if list_only and failed:
+        out.print("run `alignsts download-weights` to fetch what is missing")
 
 
 def main() -> None:
