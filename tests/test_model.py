@@ -1,0 +1,599 @@
+"""Tests for alignsts_cli.model: layout, official numerics, masks, training behaviour, ablations.
+
+Tiny configs keep everything on 2 CPU threads; the default (official-size) model is only built, or run
+on a few frames.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.model import AlignSTS, AlignSTSConfig, f0_to_coarse, rhythm_curve
+from alignsts_cli.model.attention import (
+    attention_band_mass,
+    count_positions,
+    guided_attention_loss,
+    guided_attention_weights,
+    sinusoid,
+    window_mask,
+)
+from alignsts_cli.model.diffusion import schedule, ssim
+from alignsts_cli.model.vq import VQEmbeddingEMA
+
+torch.set_num_threads(2)
+DATA = Path(__file__).parent / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: tiny configs and a toy paired corpus with a known monotonic alignment
+# ---------------------------------------------------------------------------------------------
+
+def tiny_config(**changes) -> AlignSTSConfig:
+    base = dict(audio_profile="toy", n_mels=16, content_dim=8, hidden=32, speaker_dim=32, norm_groups=4,
+                denoiser_layers=4, denoiser_channels=32, ffn_mult=2)
+    base.update(changes)
+    return AlignSTSConfig(**base)
+
+
+def lively(model: AlignSTS, seed: int = 0) -> AlignSTS:
+    """Untrained models have a zero output layer and a ~0 codebook; give both some values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = model.diff_decoder.denoise_fn.output_projection.weight
+        w.copy_(0.1 * torch.randn(w.shape, generator=g))
+        e = model.rhythm_vqvae.embedding
+        e.copy_(torch.randn(e.shape, generator=g))
+    return model
+
+
+def random_inputs(cfg, b=1, t=45, tc=13, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    content = torch.randn(b, tc, cfg.content_dim, generator=g)
+    speaker = F.normalize(torch.randn(b, cfg.speaker_dim, generator=g), dim=-1)
+    f0 = 120 + 300 * torch.rand(b, t, generator=g)
+    f0[:, ::7] = 0.0  # some unvoiced frames
+    return content, speaker, f0
+
+
+def toy_set(n=8, seed=0, cfg=None):
+    """Paired toy corpus: each content frame is one of 6 'phones' held for 3-5 mel frames, with an
+    attack/decay envelope (so the rhythm curve carries the durations), one note per phone and an
+    unvoiced frame at each phone's end. Returns a padded batch with lengths."""
+    cfg = cfg or tiny_config()
+    g = torch.Generator().manual_seed(seed)
+    phone_vec = 2 * torch.randn(6, cfg.content_dim, generator=g)
+    templates = -4 + 2.5 * torch.rand(6, cfg.n_mels, generator=g)
+    items = []
+    for _ in range(n):
+        tc = int(torch.randint(10, 15, (1,), generator=g))
+        tokens = torch.randint(0, 6, (tc,), generator=g)
+        durations = torch.randint(3, 6, (tc,), generator=g)
+        content = phone_vec[tokens] + 0.1 * torch.randn(tc, cfg.content_dim, generator=g)
+        mel, f0 = [], []
+        for tok, d in zip(tokens.tolist(), durations.tolist()):
+            pitch = float(150 + 250 * torch.rand(1, generator=g))
+            env = torch.sin(torch.linspace(0.2, math.pi - 0.2, d))
+            mel.append(templates[tok][None] + 1.5 * (env[:, None] - 1))
+            f = torch.full((d,), pitch)
+            f[-1] = 0.0
+            f0.append(f)
+        items.append((content, torch.cat(mel), torch.cat(f0)))
+    speaker = F.normalize(torch.randn(n, cfg.speaker_dim, generator=g), dim=-1)
+    t_max = max(len(m) for _, m, _ in items)
+    tc_max = max(len(c) for c, _, _ in items)
+    batch = dict(mel=torch.zeros(n, t_max, cfg.n_mels), content=torch.zeros(n, tc_max, cfg.content_dim),
+                 speaker=speaker, f0=torch.zeros(n, t_max))
+    for i, (c, m, f) in enumerate(items):
+        batch["content"][i, :len(c)] = c
+        batch["mel"][i, :len(m)] = m
+        batch["f0"][i, :len(f)] = f
+    batch["lengths"] = torch.tensor([len(m) for _, m, _ in items])
+    batch["content_lengths"] = torch.tensor([len(c) for c, _, _ in items])
+    return batch
+
+
+def train(cfg, batch, steps, lr=3e-3, seed=0):
+    torch.manual_seed(seed)
+    model = AlignSTS(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98))
+    history = []
+    for _ in range(steps):
+        out = model(batch["mel"], batch["content"], batch["speaker"], batch["f0"],
+                    lengths=batch["lengths"], content_lengths=batch["content_lengths"])
+        opt.zero_grad()
+        out["losses"]["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in out["losses"].items()})
+    return model.eval(), history
+
+
+def eval_forward(model, batch):
+    with torch.no_grad():
+        return model(batch["mel"], batch["content"], batch["speaker"], batch["f0"],
+                     lengths=batch["lengths"], content_lengths=batch["content_lengths"])
+
+
+# ---------------------------------------------------------------------------------------------
+# layout and numbers
+# ---------------------------------------------------------------------------------------------
+
+def test_default_model_has_the_official_layout_and_parameter_count():
+    ref = json.loads((DATA / "official_alignsts_keys.json").read_text())
+    model = AlignSTS()
+    ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    assert ours == [(k, shape) for k, shape, _ in ref["keys"]]  # names, shapes and order
+    assert len(ours) == 268
+    buffers = {k for k, _ in model.named_buffers()}
+    assert buffers == {k for k, _, kind in ref["keys"] if kind == "buffer"} and len(buffers) == 23
+    assert sum(p.numel() for p in model.parameters()) == 26_150_488 == ref["total_parameters"]
+    for name, count in ref["parameters_per_top_level_module"].items():
+        assert sum(p.numel() for p in getattr(model, name).parameters()) == count, name
+    assert model.rhythm_predictor.conv[0][3].eps == 1e-12  # LayerNorm eps: 1e-12 in the predictor's convs
+    assert model.crossformer.layers[0].layer_norm1.eps == model.crossformer.layer_norm.eps == 1e-5
+    assert model.f0_encoder.convolutions[0][1].num_groups == 16
+
+
+def test_schedule_matches_the_official_values():
+    s = schedule(4, 0.1, 40.0)
+    assert len(s["alphas_cumprod"]) == 5
+    np.testing.assert_allclose(s["alphas_cumprod"], [0.44131, 0.039478, 7.1588e-4, 2.6314e-6, 1.9606e-9], rtol=1e-4)
+    np.testing.assert_allclose(s["posterior_mean_coef1"], [1, 0.62975, 0.19523, 0.026658, 0.0016210], rtol=1e-4)
+    np.testing.assert_allclose(s["posterior_mean_coef2"], [0, 0.17397, 0.12944, 0.060585, 0.027296],
+                               rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(s["posterior_log_variance_clipped"],
+                               [-46.052, -0.63560, -0.057863, -0.0043960, -7.4800e-4], rtol=1e-4)
+    buf = AlignSTS(tiny_config()).diff_decoder.alphas_cumprod
+    assert buf.dtype == torch.float32 and torch.allclose(buf.double(), torch.tensor(s["alphas_cumprod"]), rtol=1e-6)
+
+
+def test_window_mask_hand_cases():
+    # Tq = Tk = 10, w = 0.4: h = int(4)//2 = 2; query t sees keys [max(0, t-2), t+2)
+    m = window_mask(10, 10, 0.4)[0]
+    assert m[5].nonzero().flatten().tolist() == [3, 4, 5, 6]
+    assert m[0].nonzero().flatten().tolist() == [0, 1]
+    assert m[9].nonzero().flatten().tolist() == [7, 8, 9]
+    # Tq = 4, Tk = 10, w = 0.2: h = 1; centres int(t/4*10) = 0, 2, 5, 7
+    m = window_mask(4, 10, 0.2)[0]
+    assert [row.nonzero().flatten().tolist() for row in m] == [[0], [1, 2], [4, 5], [6, 7]]
+    # float64 centre: int(3/10*10) = int(3.0000000000000004) = 3
+    assert window_mask(10, 10, 0.4)[0, 3].nonzero().flatten().tolist() == [1, 2, 3, 4]
+    # per-item lengths in a batch; rows beyond the query length are left open
+    m = window_mask(torch.tensor([4, 2]), torch.tensor([10, 5]), 0.4, 4, 10)
+    assert m[1, 1].nonzero().flatten().tolist() == [1, 2] and bool(m[1, 3].all())  # h = int(5*.4)//2 = 1, c = 2
+
+
+def test_guided_attention_weights_and_loss_hand_cases():
+    w = guided_attention_weights(2, 2, 0.5)[0]
+    off = 1 - math.exp(-0.5)  # (1/2 - 0)^2 / (2 * 0.25) = 0.5
+    assert torch.allclose(w, torch.tensor([[0.0, off], [off, 0.0]]))
+    w = guided_attention_weights(4, 2, 0.1)[0]  # t/T = 0, .25, .5, .75 ; n/N = 0, .5
+    assert w[2, 1] == 0 and math.isclose(float(w[1, 0]), 1 - math.exp(-0.0625 / 0.02), rel_tol=1e-6)
+    diag = torch.eye(2)[None, None]  # [B, H, T, N]
+    anti = torch.eye(2).flip(0)[None, None]
+    lens = torch.tensor([2])
+    assert float(guided_attention_loss([diag], lens, lens, 0.5)) == 0.0
+    assert math.isclose(float(guided_attention_loss([anti], lens, lens, 0.5)), off / 2, rel_tol=1e-6)
+    # layers are summed (official), cells outside the lengths do not count
+    assert math.isclose(float(guided_attention_loss([anti, anti], lens, lens, 0.5)), off, rel_tol=1e-6)
+    padded = torch.zeros(1, 1, 3, 3)
+    padded[0, 0, :2, :2] = anti[0, 0]
+    assert math.isclose(float(guided_attention_loss([padded], lens, lens, 0.5)), off / 2, rel_tol=1e-6)
+
+
+def test_positions_count_only_frames_with_nonzero_channel_0():
+    x = torch.zeros(1, 6, 4)
+    x[0, :, 0] = torch.tensor([0.0, 1.0, 0.0, 2.0, 3.0, 0.0])
+    x[0, :, 1] = 1.0  # other channels do not matter
+    assert count_positions(x).tolist() == [[0, 1, 0, 2, 3, 0]]
+    valid = torch.tensor([[True, True, True, True, False, False]])
+    assert count_positions(x, valid).tolist() == [[0, 1, 0, 2, 0, 0]]
+    emb = sinusoid(count_positions(x), 8)
+    assert torch.all(emb[0, [0, 2, 5]] == 0)
+    freq = torch.exp(torch.arange(4.0) * -(math.log(10000) / 3))
+    assert torch.allclose(emb[0, 3], torch.cat([torch.sin(2 * freq), torch.cos(2 * freq)]))
+
+
+def test_f0_coarse_bins():
+    mel_min, mel_max = 1127 * math.log(1 + 50 / 700), 1127 * math.log(1 + 1100 / 700)
+
+    def expected(f):
+        m = 1127 * math.log(1 + f / 700)
+        v = (m - mel_min) * 254 / (mel_max - mel_min) + 1 if m > 0 else m
+        return int(math.floor(min(max(v, 1), 255) + 0.5))
+
+    f0 = torch.tensor([0.0, 30.0, 50.0, 100.0, 220.0, 440.0, 880.0, 1100.0, 2000.0])
+    got = f0_to_coarse(f0).tolist()
+    assert got == [expected(f) for f in f0.tolist()]
+    assert got[0] == 1 and got[1] == 1 and got[-1] == 255 and got[-2] == 255
+    # round half up, also on exact ties: these F0s give v = 30.5, 32.5, 68.5 in float32 arithmetic
+    # (where the platform's log agrees to the last bit), which half-to-even rounding would send down
+    f0 = torch.tensor([130.2705535888672, 136.0137481689453, 246.45863342285156, 300.0])
+    v = (1127 * (1 + f0 / 700).log() - mel_min) * 254 / (mel_max - mel_min) + 1
+    assert f0_to_coarse(f0).tolist() == [math.floor(x + 0.5) for x in v.tolist()]
+
+
+def test_rhythm_curve_eq3():
+    e = torch.tensor([1.0, 1.0, 3.0, 3.0])  # energies; one mel bin, log10
+    mel = torch.log10(e)[:, None]
+    std = math.sqrt(4 / 3)  # Bessel-corrected std of [1, 1, 3, 3]
+    want = torch.sigmoid(torch.tensor([-1.0, -1.0, 1.0, 1.0]) * 2.0 / std)
+    assert torch.allclose(rhythm_curve(mel, beta=2.0), want, atol=1e-6)
+    # L2 norm over frequency of the linear magnitude: two bins of 3/sqrt(2) have energy 3
+    mel2 = torch.log10(torch.stack([e / math.sqrt(2)] * 2, dim=-1))
+    assert torch.allclose(rhythm_curve(mel2, beta=2.0), want, atol=1e-5)
+    # numpy in -> numpy out; padding left out of the statistics and zeroed
+    padded = torch.cat([mel, torch.full((3, 1), 5.0)])[None]
+    r = rhythm_curve(padded.numpy(), beta=2.0, lengths=[4])
+    assert isinstance(r, np.ndarray) and np.allclose(r[0, :4], want.numpy(), atol=1e-6) and np.all(r[0, 4:] == 0)
+    # smoothing = scipy's gaussian_filter1d (reflect), the RRD setting
+    from scipy.ndimage import gaussian_filter1d
+
+    g = torch.Generator().manual_seed(0)
+    mel3 = torch.randn(30, 8, generator=g) - 3
+    raw = rhythm_curve(mel3, beta=400.0).numpy()
+    smooth = rhythm_curve(mel3, beta=400.0, sigma=1.5).numpy()
+    assert np.allclose(smooth, gaussian_filter1d(raw, 1.5), atol=1e-6)
+    assert not np.allclose(smooth, raw)
+
+
+def test_ssim_excludes_padding():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 20, 12, generator=g)
+    y = x + 0.3 * torch.randn(1, 20, 12, generator=g)
+    assert math.isclose(float(ssim(x + 6, x + 6)), 1.0, rel_tol=1e-6)
+    s = float(ssim(x + 6, y + 6))
+    assert 0 < s < 0.99
+    xp = torch.cat([x, torch.randn(1, 7, 12, generator=g)], 1)
+    yp = torch.cat([y, torch.randn(1, 7, 12, generator=g)], 1)
+    mask = torch.arange(27)[None] < 20
+    assert math.isclose(float(ssim(xp + 6, yp + 6, mask)), s, rel_tol=1e-5)
+
+
+def test_vq_ema_update_hand_case():
+    vq = VQEmbeddingEMA(2, 1, commitment=0.25, decay=0.5, eps=0.0)
+    with torch.no_grad():
+        vq.embedding.copy_(torch.tensor([[0.0], [10.0]]))
+        vq.ema_weight.copy_(torch.tensor([[0.0], [10.0]]))
+        vq.ema_count.copy_(torch.tensor([1.0, 1.0]))
+    x = torch.tensor([[[1.0], [2.0], [9.0]]])
+    q, loss, idx, _ = vq.train()(x)
+    assert idx.tolist() == [[0, 0, 1]]
+    assert torch.equal(q, torch.tensor([[[0.0], [0.0], [10.0]]]))  # codes before the update
+    assert math.isclose(float(loss), 0.25 * (1 + 4 + 1) / 3, rel_tol=1e-6)
+    # count = .5*[1,1] + .5*[2,1] = [1.5, 1]; weight = .5*[0,10] + .5*[3,9] = [1.5, 9.5]
+    assert torch.allclose(vq.embedding, torch.tensor([[1.0], [9.5]]))
+    x.requires_grad_(True)
+    q, *_ = vq.eval()(x)
+    q.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # straight-through
+
+
+# ---------------------------------------------------------------------------------------------
+# inference = the official computation
+# ---------------------------------------------------------------------------------------------
+
+def official_reference_infer(sd, cfg, content, speaker, f0, noise):
+    """An independent, functional re-statement of the official inference (batch of one), built on
+    torch's own multi-head attention with a window mask made by the official per-query loop, a
+    fairseq-style position table, and ProDiff's gather-based sampler."""
+    hid = cfg.hidden
+
+    def conv_stack(x, prefix, layers, kernel, stride=1):
+        for i in range(layers):
+            x = F.conv1d(x, sd[f"{prefix}.{i}.0.weight"], sd[f"{prefix}.{i}.0.bias"], stride=stride,
+                         padding=(kernel - 1) // 2)
+            x = F.relu(F.group_norm(x, cfg.norm_groups, sd[f"{prefix}.{i}.1.weight"], sd[f"{prefix}.{i}.1.bias"]))
+        return x
+
+    def positions(x0):  # fairseq make_positions with padding_idx 0, then a table lookup
+        table_len = x0.shape[1] + 1
+        half = hid // 2
+        freq = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
+        table = torch.arange(table_len, dtype=torch.float)[:, None] * freq[None]
+        table = torch.cat([torch.sin(table), torch.cos(table)], 1)
+        table[0] = 0
+        m = x0.ne(0).int()
+        pos = (torch.cumsum(m, 1) * m).long()
+        return table.index_select(0, pos.view(-1)).view(*x0.shape, -1)
+
+    def crossformer(p, x1, x2, layers, heads, win):
+        pad1, pad2 = x1.abs().sum(-1).eq(0), x2.abs().sum(-1).eq(0)
+        alpha = sd[f"{p}.pos_embed_alpha"]
+        x1 = x1 + alpha * positions(x1[..., 0])
+        x2 = x2 + alpha * positions(x2[..., 0])
+        keep1 = 1 - pad1.transpose(0, 1).float()[:, :, None]
+        x1 = x1.transpose(0, 1) * keep1
+        x2 = x2.transpose(0, 1) * (1 - pad2.transpose(0, 1).float()[:, :, None])
+        tq, tk = x1.shape[0], x2.shape[0]
+        blocked = torch.ones(tq, tk, dtype=torch.bool)
+        for t in range(tq):
+            h = int(tk * win) // 2
+            c = int(t / tq * tk)
+            blocked[t, max(0, c - h): c + h] = False
+        for i in range(layers):
+            lp = f"{p}.layers.{i}"
+            res = x1
+            q = F.layer_norm(x1, (hid,), sd[f"{lp}.layer_norm1.weight"], sd[f"{lp}.layer_norm1.bias"])
+            x, aw = F.multi_head_attention_forward(
+                q, x2, x2, hid, heads, sd[f"{lp}.cross_attn.in_proj_weight"], None, None, None, False, 0.0,
+                sd[f"{lp}.cross_attn.out_proj.weight"], None, training=False, key_padding_mask=pad2,
+                need_weights=True, attn_mask=blocked)
+            x1 = (res + x) * keep1
+            res = x1
+            h = F.layer_norm(x1, (hid,), sd[f"{lp}.layer_norm2.weight"], sd[f"{lp}.layer_norm2.bias"])
+            h = F.conv1d(h.permute(1, 2, 0), sd[f"{lp}.ffn.ffn_1.weight"], sd[f"{lp}.ffn.ffn_1.bias"],
+                         padding=cfg.ffn_kernel // 2).permute(2, 0, 1)
+            h = F.linear(F.gelu(h * cfg.ffn_kernel ** -0.5), sd[f"{lp}.ffn.ffn_2.weight"], sd[f"{lp}.ffn.ffn_2.bias"])
+            x1 = (res + h) * keep1 * keep1
+        x1 = F.layer_norm(x1, (hid,), sd[f"{p}.layer_norm.weight"], sd[f"{p}.layer_norm.bias"]) * keep1
+        return x1.transpose(0, 1), aw
+
+    x_c = conv_stack(content.transpose(1, 2), "content_encoder.convolutions", cfg.content_layers,
+                     cfg.content_kernel).transpose(1, 2)
+    f0_mel = 1127 * (1 + f0 / 700).log()
+    mel_min, mel_max = 1127 * np.log(1 + 50 / 700), 1127 * np.log(1 + 1100 / 700)
+    f0_mel[f0_mel > 0] = (f0_mel[f0_mel > 0] - mel_min) * 254 / (mel_max - mel_min) + 1
+    f0_mel[f0_mel <= 1] = 1
+    f0_mel[f0_mel > 255] = 255
+    x_p = F.embedding((f0_mel + 0.5).long(), sd["f0_encoder.pitch_embed.weight"]).transpose(1, 2)
+    x_p = conv_stack(x_p, "f0_encoder.convolutions", cfg.pitch_layers, cfg.pitch_kernel).transpose(1, 2)
+
+    x, pred_aw = crossformer("rhythm_predictor.crossformer", x_p, x_c, 1, 1, cfg.predictor_window)
+    x = (x + speaker[:, None]).transpose(1, 2)
+    for i in range(cfg.predictor_conv_layers):
+        x = F.conv1d(F.pad(x, (2, 2)), sd[f"rhythm_predictor.conv.{i}.1.weight"],
+                     sd[f"rhythm_predictor.conv.{i}.1.bias"], stride=2)
+        x = F.layer_norm(F.relu(x).transpose(1, 2), (hid,), sd[f"rhythm_predictor.conv.{i}.3.weight"],
+                         sd[f"rhythm_predictor.conv.{i}.3.bias"], eps=1e-12).transpose(1, 2)
+    logits = F.linear(x.transpose(1, 2), sd["rhythm_predictor.linear.weight"], sd["rhythm_predictor.linear.bias"])
+    codes = torch.argmax(F.softmax(logits, -1), -1)
+    q_rhythm = F.embedding(codes, sd["rhythm_vqvae.embedding"])
+    q_rhythm = F.interpolate(q_rhythm.transpose(1, 2), scale_factor=4).transpose(1, 2)[:, :f0.shape[1]]
+    x, aw = crossformer("crossformer", q_rhythm, x_c, cfg.aligner_layers, cfg.aligner_heads, cfg.aligner_window)
+    nonpad = (1 - x.abs().sum(-1).eq(0).float())[..., None]
+    cond = (x + speaker[:, None]) + x_p
+    cond = cond * nonpad
+
+    def denoise(xt, t, c):
+        p = "diff_decoder.denoise_fn"
+        h = F.relu(F.conv1d(xt[:, 0], sd[f"{p}.input_projection.weight"], sd[f"{p}.input_projection.bias"]))
+        half = cfg.denoiser_channels // 2
+        e = torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1)))
+        e = t[:, None] * e[None]
+        e = torch.cat((e.sin(), e.cos()), -1)
+        e = F.linear(F.mish(F.linear(e, sd[f"{p}.mlp.0.weight"], sd[f"{p}.mlp.0.bias"])),
+                     sd[f"{p}.mlp.2.weight"], sd[f"{p}.mlp.2.bias"])
+        skips = []
+        for i in range(cfg.denoiser_layers):
+            lp = f"{p}.residual_layers.{i}"
+            d = 2 ** (i % cfg.denoiser_dilation_cycle)
+            step = F.linear(e, sd[f"{lp}.diffusion_projection.weight"], sd[f"{lp}.diffusion_projection.bias"])
+            y = h + step[..., None]
+            y = F.conv1d(y, sd[f"{lp}.dilated_conv.weight"], sd[f"{lp}.dilated_conv.bias"], padding=d, dilation=d) \
+                + F.conv1d(c, sd[f"{lp}.conditioner_projection.weight"], sd[f"{lp}.conditioner_projection.bias"])
+            gate, filt = torch.chunk(y, 2, dim=1)
+            y = F.conv1d(torch.sigmoid(gate) * torch.tanh(filt), sd[f"{lp}.output_projection.weight"],
+                         sd[f"{lp}.output_projection.bias"])
+            residual, skip = torch.chunk(y, 2, dim=1)
+            h = (h + residual) / math.sqrt(2.0)
+            skips.append(skip)
+        h = torch.sum(torch.stack(skips), 0) / math.sqrt(cfg.denoiser_layers)
+        h = F.relu(F.conv1d(h, sd[f"{p}.skip_projection.weight"], sd[f"{p}.skip_projection.bias"]))
+        return F.conv1d(h, sd[f"{p}.output_projection.weight"], sd[f"{p}.output_projection.bias"])[:, None]
+
+    def extract(name, t):
+        return sd[f"diff_decoder.{name}"].gather(-1, t).reshape(-1, 1, 1, 1)
+
+    xt = noise[0]
+    c = cond.transpose(1, 2)
+    for k, i in enumerate(reversed(range(cfg.diffusion_steps))):
+        t = torch.full((1,), i, dtype=torch.long)
+        x0 = denoise(xt, t, c)
+        mean = extract("posterior_mean_coef1", t) * x0 + extract("posterior_mean_coef2", t) * xt
+        nonzero = (1 - (t == 0).float()).reshape(1, 1, 1, 1)
+        xt = mean + nonzero * (0.5 * extract("posterior_log_variance_clipped", t)).exp() * noise[k + 1]
+    return {"mel": xt[:, 0].transpose(1, 2), "condition": cond, "codes": codes, "attention": aw,
+            "x_c": x_c, "q_rhythm": q_rhythm}
+
+
+def test_infer_equals_the_official_computation():
+    cfg = tiny_config()
+    model = lively(AlignSTS(cfg)).eval()
+    content, speaker, f0 = random_inputs(cfg, t=75, tc=30, seed=3)  # 75 frames -> 19 codes -> 76, cut to 75
+    noise = torch.randn(5, 1, 1, cfg.n_mels, 75, generator=torch.Generator().manual_seed(1))
+    ref = official_reference_infer(model.state_dict(), cfg, content, speaker, f0, noise)
+    assert (ref["x_c"][..., 0] == 0).any()  # the position rule is exercised (ReLU zeros in channel 0)
+    assert len(ref["codes"].unique()) > 1
+    out = model.infer(content, speaker, f0, noise)
+    assert out["rhythm_codes_coarse"].shape == (1, 19) and out["rhythm_codes"].shape == (1, 75)
+    assert torch.equal(out["rhythm_codes_coarse"], ref["codes"])
+    torch.testing.assert_close(out["attention"], ref["attention"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["condition"], ref["condition"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["mel"], ref["mel"], atol=1e-4, rtol=1e-4)
+    assert out["mel"].shape == (1, 75, cfg.n_mels) and out["condition"].shape == (1, 75, cfg.hidden)
+
+
+def test_diffusion_noise_is_the_only_randomness():
+    cfg = tiny_config()
+    model = lively(AlignSTS(cfg))
+    content, speaker, f0 = random_inputs(cfg)
+    noise = torch.randn(5, 1, 1, cfg.n_mels, f0.shape[1], generator=torch.Generator().manual_seed(0))
+    a = model.infer(content, speaker, f0, noise)["mel"]
+    assert torch.equal(a, model.infer(content, speaker, f0, noise.clone())["mel"])
+    last_changed = noise.clone()
+    last_changed[4] = torch.randn_like(last_changed[4])  # drawn for t = 0, multiplied by 0
+    assert torch.equal(a, model.infer(content, speaker, f0, last_changed)["mel"])
+    for i in range(4):
+        changed = noise.clone()
+        changed[i] += 1.0
+        assert not torch.allclose(a, model.infer(content, speaker, f0, changed)["mel"]), i
+    g1, g2 = (torch.Generator().manual_seed(s) for s in (1, 2))
+    b1 = model.infer(content, speaker, f0, generator=g1)["mel"]
+    assert not torch.allclose(b1, model.infer(content, speaker, f0, generator=g2)["mel"])
+    assert torch.equal(b1, model.infer(content, speaker, f0, generator=torch.Generator().manual_seed(1))["mel"])
+    # without a generator the draws come from torch's global generator, in the official order
+    torch.manual_seed(5)
+    c = model.infer(content, speaker, f0)["mel"]
+    torch.manual_seed(5)
+    drawn = torch.stack([torch.randn(1, 1, cfg.n_mels, f0.shape[1]) for _ in range(5)])
+    assert torch.equal(c, model.infer(content, speaker, f0, drawn)["mel"])
+    with pytest.raises(AlignSTSError, match="noise must be"):
+        model.infer(content, speaker, f0, noise[:4])
+
+
+def test_padded_batch_gives_each_item_what_it_gets_alone():
+    cfg = tiny_config()
+    model = lively(AlignSTS(cfg))
+    lens, clens = [37, 50, 23], [11, 16, 7]
+    items = [random_inputs(cfg, t=t, tc=tc, seed=i) for i, (t, tc) in enumerate(zip(lens, clens))]
+    content = torch.zeros(3, 16, cfg.content_dim)
+    f0 = torch.zeros(3, 50)
+    speaker = torch.cat([s for _, s, _ in items])
+    for i, (c, _, f) in enumerate(items):
+        content[i, :c.shape[1]] = c[0]
+        f0[i, :f.shape[1]] = f[0]
+    noise = torch.randn(5, 3, 1, cfg.n_mels, 50, generator=torch.Generator().manual_seed(0))
+    out = model.infer(content, speaker, f0, noise, lengths=torch.tensor(lens), content_lengths=torch.tensor(clens))
+    for i, (c, s, f) in enumerate(items):
+        t = lens[i]
+        alone = model.infer(c, s, f, noise[:, i:i + 1, ..., :t].contiguous())  # official path, no lengths
+        torch.testing.assert_close(out["mel"][i, :t], alone["mel"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["attention"][i, :t, :clens[i]], alone["attention"][0], atol=1e-5, rtol=1e-5)
+        assert torch.equal(out["rhythm_codes"][i, :t], alone["rhythm_codes"][0])
+        assert torch.all(out["mel"][i, t:] == 0) and torch.all(out["attention"][i, t:] == 0)
+        assert torch.all(out["attention"][i, :t, clens[i]:] == 0)
+
+
+def test_infer_uses_the_rhythm_predictor_not_the_true_rhythm():
+    cfg = tiny_config()
+    model = lively(AlignSTS(cfg)).eval()
+    content, speaker, f0 = random_inputs(cfg)
+    noise = torch.randn(5, 1, 1, cfg.n_mels, f0.shape[1], generator=torch.Generator().manual_seed(0))
+    base = model.infer(content, speaker, f0, noise)
+    with torch.no_grad():  # the codes are the predictor's argmax ...
+        x_c, x_p = model._encode(content, f0, None, None)
+        logits, _, _ = model.rhythm_predictor(x_p, x_c, speaker)
+    assert torch.equal(base["rhythm_codes_coarse"], logits.argmax(-1))
+    with torch.no_grad():  # ... so forcing the predictor to code 4 gives code 4 everywhere
+        model.rhythm_predictor.linear.weight.zero_()
+        model.rhythm_predictor.linear.bias.copy_(torch.arange(6.0) == 4)
+    forced = model.infer(content, speaker, f0, noise)
+    assert torch.all(forced["rhythm_codes"] == 4)
+    assert not torch.allclose(forced["mel"], base["mel"])
+    # while training rhythm codes come from the singing mel through the VQ (teacher forcing)
+    mel_a = torch.randn(1, f0.shape[1], cfg.n_mels) - 3
+    with torch.no_grad():
+        x_r = model.rhythm_encoder(rhythm_curve(mel_a, cfg.rhythm_beta)[:, None])[0].transpose(1, 2)
+        vq_codes = model.rhythm_vqvae.nearest(x_r.reshape(-1, cfg.hidden))
+    out = model.train()(mel_a, content, speaker, f0)
+    assert torch.equal(out["rhythm_codes"].flatten(), vq_codes)
+
+
+def test_ablation_switches_are_real_paths():
+    cfg = tiny_config()
+    full = lively(AlignSTS(cfg))
+    content, speaker, f0 = random_inputs(cfg, t=48, tc=13)
+    noise = torch.randn(5, 1, 1, cfg.n_mels, 48, generator=torch.Generator().manual_seed(0))
+    source_rhythm = torch.rand(1, 30, generator=torch.Generator().manual_seed(1))  # speech rhythm curve
+    base = full.infer(content, speaker, f0, noise)
+    switches = {"use_rhythm_adaptor": False, "use_cross_modal_alignment": False, "use_f0_skip": False}
+    outs = {}
+    for name, value in switches.items():
+        model = AlignSTS(cfg.replace(**{name: value}))
+        model.load_state_dict(full.state_dict())  # every ablation keeps the same modules and keys
+        outs[name] = model.infer(content, speaker, f0, noise, source_rhythm=source_rhythm)
+        assert (outs[name]["mel"] - base["mel"]).abs().max() > 1e-3, name
+        # and it trains: losses finite, gradients reach the encoders
+        model.train()
+        mel = torch.randn(1, 48, cfg.n_mels) - 3
+        losses = model(mel, content, speaker, f0, source_rhythm=source_rhythm)["losses"]
+        assert all(torch.isfinite(v) for v in losses.values()), name
+        losses["total"].backward()
+        assert model.content_encoder.convolutions[0][0].weight.grad.abs().sum() > 0, name
+    # w/o RA: the speech's rhythm drives the output and the adaptor is unused
+    no_ra = outs["use_rhythm_adaptor"]
+    assert no_ra["rhythm_codes"] is None
+    model = AlignSTS(cfg.replace(use_rhythm_adaptor=False))
+    model.load_state_dict(full.state_dict())
+    with pytest.raises(AlignSTSError, match="source_rhythm"):
+        model.infer(content, speaker, f0, noise)
+    other = model.infer(content, speaker, f0, noise, source_rhythm=source_rhythm.flip(1))
+    assert not torch.allclose(other["mel"], no_ra["mel"])
+    with torch.no_grad():
+        model.rhythm_predictor.linear.bias.add_(5.0)
+    assert torch.equal(model.infer(content, speaker, f0, noise, source_rhythm=source_rhythm)["mel"], no_ra["mel"])
+    # w/o CM: the content is stretched linearly; the "attention" is that interpolation
+    att = outs["use_cross_modal_alignment"]["attention"]
+    assert torch.allclose(att.sum(-1), torch.ones(1, 48)) and att[0, 0, 0] == 1 and att[0, -1, -1] == 1
+    # w/o F0: the pitch encoding is no longer in the condition
+    x_c, x_p = full._encode(content, f0, None, None)
+    diff = base["condition"] - outs["use_f0_skip"]["condition"]
+    torch.testing.assert_close(diff, x_p.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_training_loss_falls_and_the_vq_uses_several_codes():
+    batch = toy_set()
+    model, history = train(tiny_config(), batch, steps=200)
+    first = np.mean([h["total"] for h in history[:10]])
+    last = np.mean([h["total"] for h in history[-20:]])
+    print(f"total loss {first:.3f} -> {last:.3f} (ratio {last / first:.3f}); "
+          f"l1 {history[0]['l1']:.3f} -> {np.mean([h['l1'] for h in history[-20:]]):.3f}")
+    assert last <= 0.5 * first
+    assert np.mean([h["l1"] for h in history[-20:]]) <= 0.25 * np.mean([h["l1"] for h in history[:10]])
+    assert np.mean([h["rhythm_ce"] for h in history[-20:]]) < np.mean([h["rhythm_ce"] for h in history[:10]])
+    out = eval_forward(model, batch)
+    valid = torch.arange(out["rhythm_codes"].shape[1])[None] < (batch["lengths"][:, None] + 3) // 4
+    used = out["rhythm_codes"][valid].unique()
+    print(f"VQ codes used: {used.tolist()}")
+    assert len(used) > 1
+    # inference runs the predictor on the same batch and its codes are the VQ's most of the time
+    res = model.infer(batch["content"], batch["speaker"], batch["f0"], lengths=batch["lengths"],
+                      content_lengths=batch["content_lengths"], generator=torch.Generator().manual_seed(0))
+    agree = (res["rhythm_codes_coarse"] == out["rhythm_codes"])[valid].float().mean()
+    print(f"predictor agrees with the VQ on {float(agree):.2f} of the codes")
+    assert agree > 0.5
+
+
+def test_guided_attention_makes_the_alignment_diagonal():
+    batch = toy_set()
+    bands = {}
+    for weight in (40.0, 0.0):  # no window here, so only the guided loss can shape the attention
+        model, _ = train(tiny_config(aligner_window=None, guided_attn_weight=weight), batch, steps=150)
+        att = eval_forward(model, batch)["attention"]
+        bands[weight] = float(attention_band_mass(att, batch["lengths"], batch["content_lengths"], 0.2))
+    print(f"attention mass within |n/N - t/T| < 0.1: with guided loss {bands[40.0]:.3f}, without {bands[0.0]:.3f}")
+    assert bands[40.0] > 0.75
+    assert bands[0.0] < bands[40.0] - 0.3
+
+
+def test_bad_inputs_raise_user_errors():
+    cfg = tiny_config()
+    model = AlignSTS(cfg)
+    content, speaker, f0 = random_inputs(cfg)
+    with pytest.raises(AlignSTSError, match="content features"):
+        model.infer(content[..., :5], speaker, f0)
+    with pytest.raises(AlignSTSError, match="speaker"):
+        model.infer(content, speaker[:, :10], f0)
+    with pytest.raises(AlignSTSError, match="lengths"):
+        model.infer(content, speaker, f0, lengths=torch.tensor([45]))
+    with pytest.raises(AlignSTSError, match="frames"):
+        model(torch.zeros(1, 44, cfg.n_mels), content, speaker, f0)
+
+
+def test_config_round_trips_through_json_and_validates():
+    cfg = tiny_config(use_f0_skip=False, rhythm_sigma=1.0, aligner_window=None)
+    assert AlignSTSConfig.from_json(cfg.to_json()) == cfg
+    assert AlignSTSConfig().mel_log_base == 10.0
+    assert math.isclose(AlignSTSConfig(audio_profile="compact-16k").mel_log_base, math.e)
+    with pytest.raises(AlignSTSError, match="divisible"):
+        AlignSTSConfig(hidden=30, speaker_dim=30)
+    with pytest.raises(AlignSTSError, match="unknown fields"):
+        AlignSTSConfig.from_dict({"hidden": 256, "bogus": 1})
