@@ -5,6 +5,7 @@ Nothing here prints or exits; problems a user can fix raise ``AlignSTSError``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,15 +51,28 @@ class ConversionResult:
     info: dict = field(default_factory=dict)
 
 
-def resolve_engine(engine: str) -> str:
-    """The engine that will run for ``--engine`` (``auto`` picks the best one installed)."""
+def resolve_engine(engine: str, model: str | os.PathLike | None = None, cache_dir=None) -> tuple[str, str | None]:
+    """(engine that will run, notice for the user or None) for ``--engine``.
+
+    ``auto`` is the neural engine when its weights are present, else psola (with a notice).
+    ``alignsts`` without weights is an error that names the command to run.
+    """
     if engine not in ENGINES:
         raise AlignSTSError(f"--engine {engine}: use one of {', '.join(ENGINES)}")
+    if engine == "psola":
+        return "psola", None
+    from alignsts_cli.engines import alignsts as neural
+
     if engine == "alignsts":
-        raise AlignSTSError(
-            "the AlignSTS neural engine is not part of this version yet; use --engine psola (the default)"
-        )
-    return "psola"
+        neural.locate(model, cache_dir=cache_dir)
+        return "alignsts", None
+    try:
+        neural.locate(model, cache_dir=cache_dir)
+        return "alignsts", None
+    except AlignSTSError as exc:
+        if model is not None:
+            raise
+        return "psola", f"note: using the psola engine: {exc}"
 
 
 def check_device(device: str) -> str:
@@ -101,12 +115,111 @@ def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: 
     return m
 
 
+class Converter:
+    """Engines loaded once, for one conversion or a whole batch.
+
+    ``engine``: auto | psola | alignsts; ``model``: a voice-model folder for the neural engine
+    (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda.
+    """
+
+    def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None):
+        check_device(device)
+        self.engine, self.notice = resolve_engine(engine, model, cache_dir)
+        self._model, self._device, self._cache_dir = model, device, cache_dir
+        self._neural = None
+
+    @property
+    def neural(self):
+        if self._neural is None:
+            from alignsts_cli.engines import alignsts as neural
+
+            self._neural = neural.NeuralEngine(neural.locate(self._model, cache_dir=self._cache_dir), self._device)
+        return self._neural
+
+    def describe(self) -> str:
+        """The engine and, for the neural one, the device it runs on."""
+        if self.engine == "psola":
+            return "psola engine (CPU)"
+        from alignsts_cli.engines.alignsts import describe_device
+
+        return f"AlignSTS engine on {describe_device(self.neural.device)} ({self.neural.voice.source})"
+
+    def convert(
+        self,
+        speech: str | os.PathLike,
+        melody: str | os.PathLike,
+        output: str | os.PathLike,
+        *,
+        melody_options: MelodyOptions | None = None,
+        vibrato: float = 0.0,
+        seed: int | None = None,
+        plot: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> ConversionResult:
+        from alignsts_cli.audio import save_audio
+        from alignsts_cli.engines import psola
+        from alignsts_cli.files import check_output_path
+        from alignsts_cli.melody import load_melody
+
+        options = melody_options or MelodyOptions()
+        inputs = (speech, melody)
+        out = check_output_path(output, inputs=inputs, overwrite=overwrite, suffixes=(".wav", ".flac"))
+        if plot is not None:
+            check_output_path(plot, inputs=inputs + (out,), overwrite=overwrite, suffixes=(".png",))
+        step = progress or (lambda stage, frac: None)
+
+        step("reading the melody", 0.0)
+        raw = load_melody(
+            melody,
+            options.kind,
+            track=options.track,
+            channel=options.channel,
+            pitch_bend=options.pitch_bend,
+            f0_units=options.f0_units,
+            confidence=options.confidence,
+        )
+        step("reading the speech", 0.05)
+        audio, sr = load_speech(speech)
+        step("analysing the speech", 0.1)
+        analysis = psola.analyse_speech(audio, sr)
+        target = prepare_for_voice(raw, options, analysis.median_f0)
+        info: dict = {}
+        if self.engine == "alignsts":
+            engine = self.neural
+            step("singing (AlignSTS)", 0.2)
+            res = engine.sing(audio, sr, target, analysis, seed=0 if seed is None else seed,
+                              progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac))
+            song, out_sr = res.audio, res.sample_rate
+            info.update(chunks=len(res.chunks), syllables=len(analysis.syllables), notes=len(target.notes))
+        else:
+            step("singing (psola)", 0.2)
+            song, info = psola.sing(
+                audio, sr, target, psola.PsolaSettings(vibrato_cents=vibrato), analysis=analysis,
+                progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total),
+            )
+            out_sr = sr
+        step("writing", 0.9)
+        save_audio(out, song, out_sr, overwrite=overwrite, inputs=inputs)
+        info.update(target.info)
+        if plot is not None:
+            from alignsts_cli import plot as plots
+
+            if self.engine == "alignsts":
+                plots.plot_neural(plot, res, self.neural.profile, overwrite=overwrite)
+            else:
+                plots.plot_conversion(plot, audio, sr, song, target, analysis, overwrite=overwrite)
+        step("done", 1.0)
+        return ConversionResult(out, len(song) / out_sr, out_sr, self.engine, target, info)
+
+
 def convert(
     speech: str | os.PathLike,
     melody: str | os.PathLike,
     output: str | os.PathLike,
     *,
     engine: str = "auto",
+    model: str | os.PathLike | None = None,
     melody_options: MelodyOptions | None = None,
     vibrato: float = 0.0,
     device: str = "auto",
@@ -119,57 +232,16 @@ def convert(
 
     ``melody`` is a MIDI file, an F0 CSV or a reference singing recording. The output
     (WAV or FLAC by extension) is written atomically; inputs are never overwritten,
-    an existing output only with ``overwrite``. ``plot``: a PNG of the target melody
-    against the sung F0. ``device`` and ``seed`` are for the neural engine (psola is
-    deterministic and runs on the CPU).
+    an existing output only with ``overwrite``. ``plot``: a PNG (psola: the target
+    melody against the sung F0; AlignSTS: mel, target F0 and attention). ``engine``:
+    auto (AlignSTS when its weights are installed, else psola), psola or alignsts;
+    ``device`` and ``seed`` apply to the neural engine (psola is deterministic).
+    For many files, build one ``Converter`` and call its ``convert``.
     """
-    from alignsts_cli.audio import save_audio
-    from alignsts_cli.engines import psola
-    from alignsts_cli.files import check_output_path
-    from alignsts_cli.melody import load_melody
-
-    options = melody_options or MelodyOptions()
-    name = resolve_engine(engine)
-    check_device(device)
-    inputs = (speech, melody)
-    out = check_output_path(output, inputs=inputs, overwrite=overwrite, suffixes=(".wav", ".flac"))
-    if plot is not None:
-        check_output_path(plot, inputs=inputs + (out,), overwrite=overwrite, suffixes=(".png",))
-    step = progress or (lambda stage, frac: None)
-
-    step("reading the melody", 0.0)
-    raw = load_melody(
-        melody,
-        options.kind,
-        track=options.track,
-        channel=options.channel,
-        pitch_bend=options.pitch_bend,
-        f0_units=options.f0_units,
-        confidence=options.confidence,
+    return Converter(engine, model=model, device=device).convert(
+        speech, melody, output, melody_options=melody_options, vibrato=vibrato, seed=seed, plot=plot,
+        overwrite=overwrite, progress=progress,
     )
-    step("reading the speech", 0.05)
-    audio, sr = load_speech(speech)
-    step("analysing the speech", 0.1)
-    analysis = psola.analyse_speech(audio, sr)
-    target = prepare_for_voice(raw, options, analysis.median_f0)
-    step("singing", 0.2)
-    song, info = psola.sing(
-        audio,
-        sr,
-        target,
-        psola.PsolaSettings(vibrato_cents=vibrato),
-        analysis=analysis,
-        progress=lambda done, total: step("singing", 0.2 + 0.7 * done / total),
-    )
-    step("writing", 0.9)
-    save_audio(out, song, sr, overwrite=overwrite, inputs=inputs)
-    info.update(target.info)
-    if plot is not None:
-        from alignsts_cli.plot import plot_conversion
-
-        plot_conversion(plot, audio, sr, song, target, analysis, overwrite=overwrite)
-    step("done", 1.0)
-    return ConversionResult(out, len(song) / sr, sr, name, target, info)
 
 
 @dataclass
@@ -232,3 +304,80 @@ def extract_f0_file(
 
         result.plot = plot_f0(plot, audio, sr, f0, hop, notes, name=ref.name, overwrite=overwrite, inputs=inputs)
     return result
+
+
+def _extract_archive(src: Path, into: Path) -> Path:
+    """Unpack a .zip or .tar(.gz) into ``into`` (refusing paths that escape it)."""
+    import tarfile
+    import zipfile
+
+    if zipfile.is_zipfile(src):
+        with zipfile.ZipFile(src) as zf:
+            for name in zf.namelist():
+                if Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise AlignSTSError(f"{src}: the archive holds an unsafe path ({name}); refusing to extract it")
+            zf.extractall(into)
+        return into
+    if tarfile.is_tarfile(src):
+        with tarfile.open(src) as tf:
+            tf.extractall(into, filter="data")
+        return into
+    raise AlignSTSError(f"{src}: not a .zip or .tar archive, a folder, or a .ckpt file")
+
+
+def _find_vocoder_folder(root: Path) -> Path | None:
+    hits = sorted({p.parent for p in root.rglob("*.ckpt") if "hifi" in str(p.relative_to(root)).lower()})
+    return hits[0] if hits else None
+
+
+def import_checkpoint(
+    src: str | os.PathLike,
+    *,
+    name: str = "official",
+    vocoder: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Turn the authors' released AlignSTS archive (or its extracted folder) into a voice model.
+
+    Writes ``ALIGNSTS_HOME/models/<name>/{acoustic,vocoder}`` (safetensors) and returns that
+    folder; the model named ``official`` is the one ``--engine auto`` uses. ``vocoder``: the
+    NSF-HiFiGAN checkpoint or its folder when it is not inside ``src``.
+
+    The authors' files are pickles, which can execute code when loaded: import only an archive
+    from a source you trust. They are read once here and never again.
+    """
+    import shutil
+    import tempfile
+
+    from alignsts_cli.engines.alignsts import imported_model_dir
+    from alignsts_cli.model import import_official
+    from alignsts_cli.model.hifigan import load_official_nsf, save_vocoder
+
+    source = Path(src).expanduser()
+    if not source.exists():
+        raise AlignSTSError(f"{source}: no such file or folder; give the downloaded archive or its extracted folder")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise AlignSTSError(f"--name {name}: use letters, digits, '.', '_' or '-'")
+    dest = imported_model_dir(name)
+    if dest.exists() and not overwrite:
+        raise AlignSTSError(f"{dest}: a model named '{name}' is already imported; pass --overwrite to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=dest.parent) as tmp:
+        tmp = Path(tmp)
+        root = source
+        if source.is_file() and source.suffix != ".ckpt":
+            root = _extract_archive(source, tmp / "archive")
+        import_official(root, tmp / "model" / "acoustic")
+        voc_src = Path(vocoder).expanduser() if vocoder is not None else (
+            _find_vocoder_folder(root) if root.is_dir() else None)
+        if voc_src is None:
+            raise AlignSTSError(
+                f"{source}: no HiFi-GAN checkpoint found (a folder named like 'hifigan' holding a .ckpt); "
+                "give it with --vocoder"
+            )
+        model, _, _ = load_official_nsf(voc_src)
+        save_vocoder(model, tmp / "model" / "vocoder")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp / "model", dest)
+    return dest

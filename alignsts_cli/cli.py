@@ -100,9 +100,12 @@ Transpose = Annotated[float, typer.Option(help="Shift the melody by N semitones.
 AutoKey = Annotated[bool, typer.Option("--auto-key", help="Move the melody by octaves into the speaker's range.")]
 Tempo = Annotated[float, typer.Option(help="Tempo factor: 2 = twice as fast, 0.5 = half speed.")]
 Vibrato = Annotated[float, typer.Option(help="Vibrato depth in cents (0 = none; 20-50 sounds natural).")]
-Engine = Annotated[str, typer.Option(help="auto, psola or alignsts.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda (for the neural engine).")]
-Seed = Annotated[Optional[int], typer.Option(help="Random seed, for reproducible neural sampling.")]
+Engine = Annotated[str, typer.Option(help="auto (AlignSTS when its weights are installed, else psola), psola or alignsts.")]
+Model = Annotated[
+    Optional[str], typer.Option(help="AlignSTS voice model: a folder with acoustic/ and vocoder/, or an imported name.")
+]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda; for the AlignSTS engine.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed of the AlignSTS engine's sampling [default: 0].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
 
@@ -122,6 +125,7 @@ def convert(
     ] = None,
     melody_type: MelodyType = "auto",
     engine: Engine = "auto",
+    model: Model = None,
     device: Device = "auto",
     seed: Seed = None,
     track: Track = None,
@@ -147,14 +151,16 @@ def convert(
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
     )
     err = _console(stderr=True)
+    converter = api.Converter(engine, model=model, device=device)
     with Progress(
         TextColumn("{task.description:<22}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True,
         disable=not err.is_terminal,
     ) as bar:
-        task = bar.add_task("starting", total=1.0)
-        result = api.convert(
-            speech, melody, out, engine=engine, melody_options=options, vibrato=vibrato, device=device,
-            seed=seed, plot=plot, overwrite=overwrite,
+        task = bar.add_task("loading", total=1.0)
+        if converter.engine == "alignsts":
+            bar.console.print(f"using the {converter.describe()}")
+        result = converter.convert(
+            speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
             progress=lambda stage, frac: bar.update(task, description=stage, completed=frac),
         )
     info = result.info
@@ -167,6 +173,8 @@ def convert(
     )
     if plot is not None:
         print(f"wrote {plot}")
+    if converter.notice:
+        print(converter.notice, file=sys.stderr)
 
 
 @app.command()
@@ -183,6 +191,7 @@ def batch(
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Look in subfolders.")] = True,
     melody_type: MelodyType = "auto",
     engine: Engine = "auto",
+    model: Model = None,
     device: Device = "auto",
     seed: Seed = None,
     track: Track = None,
@@ -209,14 +218,15 @@ def batch(
     if output_dir is None:
         base = folder.expanduser().resolve()
         output_dir = base.parent / f"{base.name}-sung"
-    api.resolve_engine(engine)
-    api.check_device(device)
+    converter = api.Converter(engine, model=model, device=device)
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
     )
     jobs = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
     err = _console(stderr=True)
+    if converter.engine == "alignsts":
+        err.print(f"using the {converter.describe()}")
     rows = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
@@ -232,9 +242,9 @@ def batch(
                 rows.append((job, "skipped", None, "output exists (--overwrite to redo)"))
             else:
                 try:
-                    res = api.convert(
-                        job.speech, job.melody, job.output, engine=engine, melody_options=options, vibrato=vibrato,
-                        device=device, seed=seed, overwrite=overwrite,
+                    res = converter.convert(
+                        job.speech, job.melody, job.output, melody_options=options, vibrato=vibrato, seed=seed,
+                        overwrite=overwrite,
                     )
                     rows.append((job, "ok", res.seconds, ""))
                 except AlignSTSError as exc:
@@ -256,6 +266,8 @@ def batch(
     out.print(table)
     counts = {s: sum(1 for r in rows if r[1] == s) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} converted, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {output_dir}")
+    if converter.notice:
+        print(converter.notice, file=sys.stderr)
     if counts["failed"]:
         raise typer.Exit(EXIT_USER_ERROR)
 
@@ -294,7 +306,9 @@ def download_weights(
         Optional[Path], typer.Option(help="Hub cache to use [default: HF_HUB_CACHE, else HF_HOME/hub].")
     ] = None,
     list_only: Annotated[bool, typer.Option("--list", help="Only list what is present; download nothing.")] = False,
-    lock: Annotated[Optional[Path], typer.Option(help="Another weights.lock to use.")] = None,
+    lock: Annotated[
+        Optional[Path], typer.Option(help="Another weights.lock [default: ALIGNSTS_WEIGHTS_LOCK, else the shipped one].")
+    ] = None,
 ):
     """Fetch the model weights listed in weights.lock, verify their sha256, and list what is present."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -302,7 +316,7 @@ def download_weights(
 
     from alignsts_cli import weights as W
 
-    lock_path = lock if lock is not None else W.PACKAGE_LOCK
+    lock_path = lock if lock is not None else W.default_lock()
     components = W.read_lock(lock_path)
     out = _console()
     if not components:
@@ -348,6 +362,27 @@ def download_weights(
         out.print(note)
     if list_only and failed:
         out.print("run `alignsts download-weights` to fetch what is missing")
+
+
+@app.command("import-checkpoint")
+@friendly
+def import_checkpoint(
+    source: Annotated[Path, typer.Argument(help="The authors' archive (.zip/.tar), its extracted folder, or a .ckpt.")],
+    name: Annotated[str, typer.Option(help="Name to import it under ('official' is what --engine auto uses).")] = "official",
+    vocoder: Annotated[Optional[Path], typer.Option(help="The NSF-HiFiGAN .ckpt or folder, if not in SOURCE.")] = None,
+    overwrite: Overwrite = False,
+):
+    """Convert the authors' released AlignSTS checkpoint into alignsts' safe format and install it.
+
+    The authors' .ckpt files are Python pickles, which can run code when loaded: import only files
+    from a source you trust. They are read once, here; alignsts never loads them again.
+    """
+    from alignsts_cli import api
+
+    print("note: reading pickle checkpoints, which can run code: only import files from a source you trust",
+          file=sys.stderr)
+    dest = api.import_checkpoint(source, name=name, vocoder=vocoder, overwrite=overwrite)
+    print(f"imported {source} as '{name}' into {dest}")
 
 
 def main() -> None:

@@ -88,3 +88,26 @@ def plot_conversion(path, speech, sr, song, melody, analysis, *, overwrite=False
     ax1.set_xlabel("seconds")
     ax1.legend(loc="upper right")
     return _save(plt, fig, out)
+
+
+def plot_neural(path, result, profile, *, overwrite=False) -> Path:
+    """The neural engine's output: mel with the target F0, and the aligner's attention map."""
+    out = check_output_path(path, suffixes=(".png",), overwrite=overwrite)
+    plt, fig, (ax0, ax1) = _figure(2)
+    hop_s = profile.hop_length / profile.sample_rate
+    mel = result.mel
+    t = np.arange(mel.shape[0]) * hop_s
+    ax0.imshow(mel.T, origin="lower", aspect="auto", cmap="magma", extent=[0, t[-1] + hop_s, 0, mel.shape[1]])
+    ax0.set_ylabel("mel bin")
+    ax0.set_title("output mel, with the target F0 (right axis)")
+    twin = ax0.twinx()
+    f0 = result.f0[: mel.shape[0]]
+    twin.plot(np.arange(len(f0)) * hop_s, np.where(f0 > 0, f0, np.nan), color="cyan", lw=1.2)
+    twin.set_ylabel("Hz")
+    ax0.set_xlabel("seconds")
+    att = result.attention
+    ax1.imshow(att.T, origin="lower", aspect="auto", cmap="viridis")
+    ax1.set_xlabel("output frame (longest chunk)")
+    ax1.set_ylabel("content frame")
+    ax1.set_title(f"aligner attention ({len(result.chunks)} chunk(s))")
+    return _save(plt, fig, out)

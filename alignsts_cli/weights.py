@@ -87,9 +87,14 @@ class Resolved:
         return next(iter(self.files.values())).parent
 
 
-def read_lock(path: Path = PACKAGE_LOCK) -> list[Component]:
-    """The components listed in a lock file (an empty list when it lists none)."""
-    path = Path(path)
+def default_lock() -> Path:
+    """The lock in use: ``ALIGNSTS_WEIGHTS_LOCK`` when set, else the one shipped with the package."""
+    return Path(os.environ.get("ALIGNSTS_WEIGHTS_LOCK") or PACKAGE_LOCK)
+
+
+def read_lock(path: Path | None = None) -> list[Component]:
+    """The components listed in a lock file (default: ``default_lock()``; empty when it lists none)."""
+    path = Path(path) if path is not None else default_lock()
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:

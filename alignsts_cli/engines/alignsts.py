@@ -1,0 +1,325 @@
+"""The neural engine: AlignSTS acoustic model + HiFi-GAN vocoder.
+
+speech ─► pitch-flattened speech ─► content features [T_c, D] ┐
+speech ─► Resemblyzer speaker embedding [256]                 ├─► AlignSTS ─► mel [T, 80] ─► HiFi-GAN ─► song
+melody ─► target F0 on the model's frame grid [T]             ┘
+
+A *voice model* is a folder with ``acoustic/`` (our AlignSTS format) and ``vocoder/``
+(our HiFi-GAN format); the content model (wav2vec2) comes from ``weights.lock`` when
+the acoustic model's config asks for it. Long songs are cut at rests of the melody
+(and the matching pauses of the speech, found by the same syllable-to-note assignment
+the psola engine uses) into chunks of at most ``MAX_CHUNK_SECONDS``, converted one by
+one (batched on CUDA) and joined with short cross-fades, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.melody import Melody
+
+#: Longest stretch of melody converted at once, seconds.
+MAX_CHUNK_SECONDS = 16.0
+#: Cross-fade between chunks, seconds.
+XFADE = 0.02
+#: Where imported models live (``alignsts import-checkpoint``): ALIGNSTS_HOME/models/<name>.
+DEFAULT_IMPORTED = "official"
+
+
+def alignsts_home() -> Path:
+    return Path(os.environ.get("ALIGNSTS_HOME") or Path.home() / ".local" / "share" / "alignsts").expanduser()
+
+
+def imported_model_dir(name: str = DEFAULT_IMPORTED) -> Path:
+    return alignsts_home() / "models" / name
+
+
+@dataclass
+class VoiceModel:
+    """Where the parts of a neural voice are on disk."""
+
+    acoustic: Path
+    vocoder: Path
+    source: str  # what the user should read: "imported official", "weights.lock", a path
+    content: Path | None = None  # folder of the wav2vec2 model, when the acoustic model uses one
+
+
+def _is_voice_folder(p: Path) -> bool:
+    return (p / "acoustic").is_dir() and (p / "vocoder").is_dir()
+
+
+def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceModel:
+    """Find the neural voice: ``model`` (a folder), else an imported one, else weights.lock's.
+
+    Never downloads: missing weights raise ``AlignSTSError`` naming the command to run.
+    """
+    from alignsts_cli import weights as W
+
+    comps = W.read_lock()
+    if model is not None:
+        p = Path(model).expanduser()
+        if not p.exists() and os.sep not in str(model) and _is_voice_folder(imported_model_dir(str(model))):
+            p = imported_model_dir(str(model))  # a name given to `alignsts import-checkpoint --name`
+        if not _is_voice_folder(p):
+            raise AlignSTSError(f"{p}: not a voice model (a folder with acoustic/ and vocoder/); check --model")
+        voice = VoiceModel(p / "acoustic", p / "vocoder", str(p))
+    elif _is_voice_folder(imported_model_dir()):
+        p = imported_model_dir()
+        voice = VoiceModel(p / "acoustic", p / "vocoder", f"imported ({p})")
+    else:
+        acoustic, vocoder = W.find(comps, "acoustic"), W.find(comps, "vocoder")
+        if acoustic is None or vocoder is None:
+            raise AlignSTSError(
+                "no AlignSTS weights are installed: import the authors' checkpoint with "
+                "`alignsts import-checkpoint ARCHIVE`, or use --engine psola"
+            )
+        a = W.resolve(acoustic, cache_dir=cache_dir)
+        v = W.resolve(vocoder, cache_dir=cache_dir)
+        voice = VoiceModel(a.folder, v.folder, "weights.lock")
+    kind = _content_kind(voice.acoustic)
+    if kind.startswith("wav2vec2"):
+        content = W.find(comps, "content")
+        if content is None:
+            raise AlignSTSError(f"the acoustic model needs the '{kind}' content model, which weights.lock does not list")
+        voice.content = W.resolve(content, cache_dir=cache_dir).folder
+    return voice
+
+
+def _content_kind(acoustic: Path) -> str:
+    import json
+
+    from alignsts_cli.model.checkpoint import CONFIG_NAME
+
+    try:
+        return json.loads((acoustic / CONFIG_NAME).read_text()).get("content_kind", "wav2vec2-ctc-logits")
+    except (OSError, ValueError):
+        raise AlignSTSError(f"{acoustic}: the acoustic model has no readable {CONFIG_NAME}; import or download it again") from None
+
+
+def available(model=None, cache_dir=None) -> bool:
+    try:
+        locate(model, cache_dir=cache_dir)
+        return True
+    except AlignSTSError:
+        return False
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AlignSTSError("--device cuda: no CUDA GPU is available to torch here; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise AlignSTSError(f"--device {device}: use auto, cpu or cuda")
+    return device
+
+
+def describe_device(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name(0)}, half precision)"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+@dataclass
+class Chunk:
+    t0: float  # melody seconds
+    t1: float
+    s0: float  # speech seconds
+    s1: float
+
+
+def plan_chunks(melody: Melody, syllables, speech_seconds: float, max_seconds: float = MAX_CHUNK_SECONDS) -> list[Chunk]:
+    """Cut a long melody at rests, and the speech at the matching syllable boundaries.
+
+    Each chunk pairs a stretch of melody (at most ``max_seconds`` where rests allow) with
+    the syllables the syllable-to-note assignment gives it.
+    """
+    if melody.duration <= max_seconds or len(syllables) < 2:
+        return [Chunk(0.0, melody.duration, 0.0, speech_seconds)]
+    from alignsts_cli.engines.psola import assign_syllables
+
+    notes = melody.notes
+    groups = assign_syllables(syllables, notes)
+    # Possible cuts after group g: (melody time, speech time, is it a rest?)
+    cuts = []
+    for g in range(len(groups) - 1):
+        end_note, next_note = notes[groups[g][1][-1]], notes[groups[g + 1][1][0]]
+        end_syl, next_syl = syllables[groups[g][0][-1]], syllables[groups[g + 1][0][0]]
+        rest = next_note.start - end_note.end
+        t = end_note.end + rest / 2 if rest > 0 else next_note.start
+        cuts.append((t, (end_syl.end + next_syl.start) / 2, rest > 0.05))
+    chunks, t_start, s_start = [], 0.0, 0.0
+    while melody.duration - t_start > max_seconds:
+        inside = [c for c in cuts if t_start + 1.0 < c[0] <= t_start + max_seconds]
+        if not inside:  # one very long group: no cut possible, take it whole
+            later = [c for c in cuts if c[0] > t_start + 1.0]
+            if not later:
+                break
+            inside = [later[0]]
+        rests = [c for c in inside if c[2]]
+        t, s, _ = (rests or inside)[-1]
+        chunks.append(Chunk(t_start, t, s_start, s))
+        t_start, s_start = t, s
+    chunks.append(Chunk(t_start, melody.duration, s_start, speech_seconds))
+    return chunks
+
+
+@dataclass
+class NeuralResult:
+    audio: np.ndarray  # [n] at sample_rate
+    sample_rate: int
+    mel: np.ndarray  # [T, 80]
+    f0: np.ndarray  # [T] target F0 on the mel grid
+    attention: np.ndarray  # [T_chunk, T_c] of the longest chunk
+    rhythm_codes: np.ndarray | None  # [T]
+    chunks: list[Chunk] = field(default_factory=list)
+
+
+class NeuralEngine:
+    """The loaded AlignSTS voice: build once, ``sing()`` many times (a batch reuses it)."""
+
+    def __init__(self, voice: VoiceModel, device: str = "auto"):
+        import torch
+
+        from alignsts_cli.features import FeatureExtractor
+        from alignsts_cli.model import load_model
+        from alignsts_cli.model.hifigan import load_vocoder
+        from alignsts_cli.profiles import get_profile
+
+        self.voice = voice
+        self.device = pick_device(device)
+        self.half = self.device == "cuda"
+        self.acoustic = load_model(voice.acoustic, device=self.device)
+        self.vocoder, vcfg, vprofile = load_vocoder(voice.vocoder, device=self.device)
+        cfg = self.acoustic.config
+        if vprofile != cfg.audio_profile:
+            raise AlignSTSError(
+                f"the vocoder ({vprofile}) and the acoustic model ({cfg.audio_profile}) use different audio "
+                "profiles; pair them correctly in the voice model"
+            )
+        self.profile = get_profile(cfg.audio_profile)
+        kind = "mfcc" if cfg.content_kind.startswith("mfcc") else "wav2vec2-ctc"
+        self.features = FeatureExtractor(kind, cfg.content_dim, content_model=voice.content, device=self.device)
+        self.torch = torch
+
+    def _frames(self, seconds: float) -> int:
+        return max(1, int(math.ceil(seconds * self.profile.sample_rate / self.profile.hop_length)))
+
+    def sing(self, audio: np.ndarray, sr: int, melody: Melody, analysis, *, seed: int = 0,
+             progress=None) -> NeuralResult:
+        """Sing ``[n]`` speech at ``sr`` to ``melody``; ``analysis`` is the psola engine's speech analysis."""
+        torch = self.torch
+        from alignsts_cli.audio import resample
+        from alignsts_cli.features import CONTENT_SR, flatten_pitch
+
+        p = self.profile
+        step = progress or (lambda frac: None)
+        speech_seconds = len(audio) / sr
+        chunks = plan_chunks(melody, analysis.syllables, speech_seconds)
+        speaker = self.features.speaker(audio, sr)
+        flat16 = resample(flatten_pitch(audio, sr, analysis.median_f0, analysis.f0_floor, analysis.f0_ceiling),
+                          sr, CONTENT_SR)
+        step(0.1)
+        hop_s = p.hop_length / p.sample_rate
+        total_frames = self._frames(melody.duration)
+        f0_full = melody.frames(hop_s, total_frames)  # [T]
+        gen = torch.Generator().manual_seed(int(seed))  # CPU draws: the same noise on every device
+        items = []
+        for k, ch in enumerate(chunks):
+            a, b = int(round(ch.s0 * CONTENT_SR)), int(round(ch.s1 * CONTENT_SR))
+            seg = flat16[a:b]
+            if len(seg) < CONTENT_SR // 10:
+                seg = flat16  # a chunk whose speech share is tiny: give it all the words
+            content = self.features.content(seg)  # [T_c, D]
+            f0_a = int(round(ch.t0 / hop_s))
+            f0_b = total_frames if k == len(chunks) - 1 else int(round(ch.t1 / hop_s))
+            f0 = f0_full[f0_a:f0_b]
+            noise = torch.randn(self.acoustic.config.diffusion_steps + 1, 1, 1, p.n_mels, len(f0), generator=gen)
+            phases = torch.rand(1, self.vocoder.config.nsf_harmonics + 1, generator=gen)
+            phases[:, 0] = 0
+            items.append((content, f0, noise, phases, f0_a))
+        mels, codes, attn = [None] * len(items), [None] * len(items), None
+        batch = 4 if self.device == "cuda" else 1
+        for i in range(0, len(items), batch):
+            group = items[i:i + batch]
+            outs = self._acoustic(group, speaker)
+            for j, out in enumerate(outs):
+                mels[i + j], codes[i + j] = out["mel"], out["codes"]
+                if attn is None or out["attention"].shape[0] > attn.shape[0]:
+                    attn = out["attention"]
+            step(0.1 + 0.6 * min(1.0, (i + batch) / len(items)))
+        song = np.zeros(total_frames * p.hop_length, dtype=np.float32)
+        fade = int(XFADE * p.sample_rate)
+        for k, (item, mel) in enumerate(zip(items, mels)):
+            wav = self._vocode(mel, item[1], item[3], gen)
+            pos = item[4] * p.hop_length
+            env = np.ones(len(wav), dtype=np.float32)
+            if k > 0 and fade:
+                env[:fade] = np.linspace(0, 1, fade)
+            if k < len(items) - 1 and fade:
+                env[-fade:] = np.minimum(env[-fade:], np.linspace(1, 0, fade))
+            end = min(len(song), pos + len(wav))
+            song[pos:end] += (wav * env)[: end - pos]
+            step(0.7 + 0.3 * (k + 1) / len(items))
+        n_out = int(round(melody.duration * p.sample_rate))
+        song = song[:n_out] if len(song) >= n_out else np.pad(song, (0, n_out - len(song)))
+        mel_all = np.concatenate(mels, axis=0)
+        code_all = None if codes[0] is None else np.concatenate(codes, axis=0)
+        return NeuralResult(song, p.sample_rate, mel_all, f0_full, attn, code_all, chunks)
+
+    def _acoustic(self, group, speaker):
+        """Acoustic model on one batch of chunks (padded with explicit lengths when more than one)."""
+        torch = self.torch
+        dev = self.device
+        b = len(group)
+        t_max = max(len(g[1]) for g in group)
+        tc_max = max(len(g[0]) for g in group)
+        d = group[0][0].shape[1]
+        content = torch.zeros(b, tc_max, d)
+        f0 = torch.zeros(b, t_max)
+        noise = torch.zeros(self.acoustic.config.diffusion_steps + 1, b, 1, self.profile.n_mels, t_max)
+        for j, (c, f, n, _, _) in enumerate(group):
+            content[j, : len(c)] = torch.from_numpy(c)
+            f0[j, : len(f)] = torch.from_numpy(f.astype(np.float32))
+            noise[:, j, :, :, : len(f)] = n[:, 0]
+        kw = {}
+        if b > 1:
+            kw = {"lengths": torch.tensor([len(g[1]) for g in group], device=dev),
+                  "content_lengths": torch.tensor([len(g[0]) for g in group], device=dev)}
+        spk = torch.from_numpy(speaker)[None].expand(b, -1).to(dev)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+            out = self.acoustic.infer(content.to(dev), spk, f0.to(dev), noise.to(dev), **kw)
+        res = []
+        for j, (c, f, _, _, _) in enumerate(group):
+            t, tc = len(f), len(c)
+            codes = out.get("rhythm_codes")
+            res.append({
+                "mel": out["mel"][j, :t].float().cpu().numpy(),
+                "codes": None if codes is None else codes[j, :t].cpu().numpy(),
+                "attention": out["attention"][j, :t, :tc].float().cpu().numpy(),
+            })
+        return res
+
+    def _vocode(self, mel: np.ndarray, f0: np.ndarray, phases, gen) -> np.ndarray:
+        torch = self.torch
+        from alignsts_cli.profiles import clip_for_vocoder
+
+        m = clip_for_vocoder(torch.from_numpy(mel), self.profile).T[None].to(self.device)  # [1, 80, T]
+        f = torch.from_numpy(f0.astype(np.float32))[None].to(self.device)  # [1, T]
+        kw = {}
+        if self.vocoder.config.nsf:
+            n = len(f0) * self.profile.hop_length
+            kw = {"phases": phases.to(self.device),
+                  "noise": torch.randn(1, n, self.vocoder.config.nsf_harmonics + 1, generator=gen).to(self.device)}
+        with torch.inference_mode():
+            wav = self.vocoder(m, f if self.vocoder.config.nsf else None, **kw)
+        return wav[0, 0].float().cpu().numpy()

@@ -1,0 +1,152 @@
+"""Features of the speech for the neural engine: content, speaker embedding, pitch-flattened audio.
+
+- Content (SPEC.md section 3): the speech with its pitch flattened to the speaker's
+  median F0 (Praat PSOLA), at 16 kHz, through a content model. Kinds:
+  ``wav2vec2-ctc`` (official: the CTC logits of ``facebook/wav2vec2-base-960h``,
+  [T_c, 32] at 50 frames/s) and ``mfcc`` (offline, needs no download: per-utterance
+  normalised MFCCs [T_c, D] at 50 frames/s). The kind is recorded in the model config.
+- Timbre: Resemblyzer's 256-d unit-norm utterance embedding.
+
+Models are loaded once by ``FeatureExtractor`` and reused for every file of a batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from alignsts_cli.errors import AlignSTSError
+
+CONTENT_SR = 16000
+CONTENT_HOP = 320  # samples at 16 kHz: 50 frames/s, as wav2vec2
+CONTENT_KINDS = ("wav2vec2-ctc", "mfcc")
+
+
+def flatten_pitch(audio: np.ndarray, sr: int, target_hz: float, floor: float = 60.0, ceiling: float = 600.0):
+    """``[n]`` speech resynthesised with a constant F0 of ``target_hz`` (unvoiced parts untouched)."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    snd = parselmouth.Sound(audio.astype(np.float64), sampling_frequency=sr)
+    man = call(snd, "To Manipulation", 0.01, floor, ceiling)
+    tier = call("Create PitchTier", "flat", snd.xmin, snd.xmax)
+    call(tier, "Add point", snd.xmin, float(target_hz))
+    call(tier, "Add point", snd.xmax, float(target_hz))
+    call([man, tier], "Replace pitch tier")
+    out = call(man, "Get resynthesis (overlap-add)").values[0]
+    n = len(audio)
+    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return out.astype(np.float32)
+
+
+def mfcc_content(audio16: np.ndarray, n_mfcc: int) -> np.ndarray:
+    """Per-utterance normalised MFCCs ``[T_c, n_mfcc]`` of 16 kHz audio, 50 frames/s."""
+    import librosa
+
+    m = librosa.feature.mfcc(y=audio16, sr=CONTENT_SR, n_mfcc=n_mfcc, n_fft=640, win_length=400,
+                             hop_length=CONTENT_HOP, n_mels=64, center=True)  # [D, T_c]
+    m = (m - m.mean(axis=1, keepdims=True)) / (m.std(axis=1, keepdims=True) + 1e-5)
+    return m.T.astype(np.float32)
+
+
+class FeatureExtractor:
+    """Loads the content model and the speaker encoder once; ``__call__`` gives both features.
+
+    ``content_kind``: one of ``CONTENT_KINDS``; ``content_model``: a folder with a
+    transformers Wav2Vec2ForCTC (``config.json`` + weights) for ``wav2vec2-ctc``.
+    """
+
+    def __init__(self, content_kind: str, content_dim: int, *, content_model: str | os.PathLike | None = None,
+                 device: str = "cpu"):
+        if content_kind not in CONTENT_KINDS:
+            raise AlignSTSError(f"unknown content feature '{content_kind}'; this version knows {', '.join(CONTENT_KINDS)}")
+        self.kind = content_kind
+        self.dim = content_dim
+        self.device = device
+        self._w2v = None
+        if content_kind == "wav2vec2-ctc":
+            if content_model is None:
+                raise AlignSTSError("the wav2vec2 content model is not available; run `alignsts download-weights`")
+            self._w2v = self._load_wav2vec2(Path(content_model))
+        self._speaker = None
+
+    def _load_wav2vec2(self, folder: Path):
+        import torch
+        from transformers import Wav2Vec2ForCTC
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        try:
+            model = Wav2Vec2ForCTC.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise AlignSTSError(
+                f"{folder}: cannot load the wav2vec2 content model ({type(exc).__name__}); "
+                "run `alignsts download-weights` to fetch it again"
+            ) from None
+        if model.config.vocab_size != self.dim:
+            raise AlignSTSError(
+                f"the content model gives {model.config.vocab_size} features but the acoustic model expects {self.dim}"
+            )
+        return model.eval().to(torch.device(self.device))
+
+    @property
+    def speaker_encoder(self):
+        if self._speaker is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # webrtcvad's pkg_resources notice
+                from resemblyzer import VoiceEncoder
+            self._speaker = VoiceEncoder(device=self.device, verbose=False)
+        return self._speaker
+
+    def speaker(self, audio: np.ndarray, sr: int) -> np.ndarray:
+        """Resemblyzer embedding ``[256]`` (unit norm) of ``[n]`` speech."""
+        from alignsts_cli.audio import resample
+
+        wav16 = resample(audio, sr, CONTENT_SR)
+        with _quiet_warnings():
+            from resemblyzer import preprocess_wav
+
+            wav = preprocess_wav(wav16, source_sr=CONTENT_SR)
+        if len(wav) < CONTENT_SR // 4:  # the voice-activity trim left almost nothing: use it all
+            wav = wav16 / (np.max(np.abs(wav16)) + 1e-9)
+        return self.speaker_encoder.embed_utterance(wav.astype(np.float32)).astype(np.float32)
+
+    def content(self, flat16: np.ndarray) -> np.ndarray:
+        """Content features ``[T_c, D]`` of pitch-flattened 16 kHz speech ``[n]``."""
+        if self.kind == "mfcc":
+            return mfcc_content(flat16, self.dim)
+        import torch
+
+        x = (flat16 - flat16.mean()) / (flat16.std() + 1e-7)  # the 960h feature extractor normalises
+        with torch.inference_mode():
+            logits = self._w2v(torch.from_numpy(x)[None].to(self.device)).logits[0]  # [T_c, 32]
+        return logits.float().cpu().numpy()
+
+    def __call__(self, audio: np.ndarray, sr: int, median_f0: float, floor: float = 60.0, ceiling: float = 600.0):
+        """(content ``[T_c, D]``, speaker ``[256]``) of ``[n]`` speech at ``sr``."""
+        from alignsts_cli.audio import resample
+
+        flat = flatten_pitch(audio, sr, median_f0, floor, ceiling)
+        flat16 = resample(flat, sr, CONTENT_SR)
+        return self.content(flat16), self.speaker(audio, sr)
+
+
+class _quiet_warnings:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def content_frames(seconds: float) -> int:
+    """Number of content frames for ``seconds`` of speech (50 frames/s)."""
+    return int(math.floor(seconds * CONTENT_SR / CONTENT_HOP)) + 1
