@@ -169,6 +169,17 @@ class Converter:
             check_output_path(plot, inputs=inputs + (out,), overwrite=overwrite, suffixes=(".png",))
         step = progress or (lambda stage, frac: None)
 
+        import time
+
+        timings: dict = {}
+        clock = time.perf_counter()
+
+        def lap(stage):
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - clock
+            clock = now
+
         step("reading the melody", 0.0)
         raw = load_melody(
             melody,
@@ -181,17 +192,22 @@ class Converter:
         )
         step("reading the speech", 0.05)
         audio, sr = load_speech(speech)
+        lap("loading")
         step("analysing the speech", 0.1)
         analysis = psola.analyse_speech(audio, sr)
         target = prepare_for_voice(raw, options, analysis.median_f0)
+        lap("f0")
         info: dict = {}
         if self.engine == "alignsts":
             engine = self.neural
+            lap("model loading")
             step("singing (AlignSTS)", 0.2)
             res = engine.sing(audio, sr, target, analysis, seed=0 if seed is None else seed,
                               progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac))
             song, out_sr = res.audio, res.sample_rate
             info.update(chunks=len(res.chunks), syllables=len(analysis.syllables), notes=len(target.notes))
+            timings.update(res.timings)
+            clock = time.perf_counter()
         else:
             step("singing (psola)", 0.2)
             song, info = psola.sing(
@@ -199,8 +215,10 @@ class Converter:
                 progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total),
             )
             out_sr = sr
+            lap("psola")
         step("writing", 0.9)
         save_audio(out, song, out_sr, overwrite=overwrite, inputs=inputs)
+        lap("writing")
         info.update(target.info)
         if plot is not None:
             from alignsts_cli import plot as plots
@@ -209,6 +227,8 @@ class Converter:
                 plots.plot_neural(plot, res, self.neural.profile, overwrite=overwrite)
             else:
                 plots.plot_conversion(plot, audio, sr, song, target, analysis, overwrite=overwrite)
+            lap("plot")
+        info["timings"] = timings
         step("done", 1.0)
         return ConversionResult(out, len(song) / out_sr, out_sr, self.engine, target, info)
 

@@ -78,6 +78,7 @@ class FeatureExtractor:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # the CLI shows its own progress
         try:
             model = Wav2Vec2ForCTC.from_pretrained(str(folder), local_files_only=True)
         except Exception as exc:

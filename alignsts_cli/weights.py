@@ -213,7 +213,9 @@ def _resolve_bundled(comp: Component) -> Resolved:
 def _hub_download(comp: Component, name: str, revision: str, cache: Path, *, local_only: bool, force: bool,
                   progress: ByteProgress | None):
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
 
+    hub_logging.set_verbosity_error()  # its retry chatter; failures reach the user as one line from us
     kwargs = {}
     if os.environ.get("HF_ENDPOINT"):
         kwargs["endpoint"] = os.environ["HF_ENDPOINT"].rstrip("/")
@@ -287,6 +289,12 @@ def resolve(
         try:
             path = _hub_download(comp, f.name, revision, cache, local_only=local_only, force=False, progress=progress)
         except LocalEntryNotFoundError:
+            if download and not offline():  # the Hub could not be reached and nothing is cached
+                endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+                raise AlignSTSError(
+                    f"could not reach {endpoint} to download {comp.repo}/{f.name}; check the network connection "
+                    "(or set HF_ENDPOINT to a mirror) and run `alignsts download-weights` again"
+                ) from None
             if offline() and download:
                 raise AlignSTSError(
                     f"HF_HUB_OFFLINE is set and '{comp.name}' ({comp.repo}/{f.name}) is not in the cache {cache}; "

@@ -149,9 +149,16 @@ def test_extract_f0_bad_input(tmp_path):
     assert not (tmp_path / "s.f0.csv").exists()
 
 
-def test_download_weights_says_nothing_is_locked():
-    proc = run("download-weights")
-    assert proc.returncode == 0 and "nothing to download" in proc.stdout
+def test_download_weights_lists_the_lock(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ALIGNSTS_WEIGHTS_LOCK", "HF_HUB_CACHE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "download-weights", "--list"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "facebook/wav2vec2-base-960h" in proc.stdout and "missing" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "download-weights"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "HF_HUB_OFFLINE is set" in proc.stderr
 
 
 def _batch_folder(tmp_path):

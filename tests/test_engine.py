@@ -218,3 +218,39 @@ def test_cuda_matches_cpu(tmp_path):
         eng = NeuralEngine(VoiceModel(voice / "acoustic", voice / "vocoder", "test"), device=device)
         outs.append(eng.sing(audio, sr, melody, analysis, seed=3).mel)
     assert np.max(np.abs(outs[0] - outs[1])) < 0.05  # half precision on CUDA
+
+
+def test_import_official_archive_then_convert(published, tmp_path):
+    """The authors' released layout (zip of checkpoints/alignsts + checkpoints/hifigan, pickles) is
+    imported once into safetensors, becomes the default engine, and sings at 24 kHz."""
+    import zipfile
+
+    from test_checkpoint import fake_official_state, write_official
+    from test_vocoder import _fake_official_ckpt
+
+    hub, lock = published
+    layout = [tuple(k) for k in json.loads((DATA / "official_alignsts_keys.json").read_text())["keys"]]
+    tree = tmp_path / "release"
+    write_official(tree / "checkpoints" / "alignsts" / "model_ckpt_steps_200000.ckpt", fake_official_state(layout))
+    _fake_official_ckpt(tree / "checkpoints" / "hifigan")
+    archive = tmp_path / "AlignSTS-release.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(tree.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(tree))
+    env = _env(tmp_path, hub, lock)
+    proc = run(env, "import-checkpoint", archive)
+    assert proc.returncode == 0, proc.stderr
+    assert "can run code" in proc.stderr
+    dest = tmp_path / "home" / "models" / "official"
+    assert sorted(p.name for p in (dest / "acoustic").iterdir()) == ["config.json", "model.safetensors"]
+    assert "already imported" in run(env, "import-checkpoint", archive).stderr
+
+    assert run(env, "download-weights").returncode == 0  # the wav2vec2 content model
+    melody = write_midi(tmp_path / "m.mid", [(0, 1, 50), (1, 1, 53)])
+    out = tmp_path / "official.wav"
+    proc = run(env, "convert", SPEECH, "-m", melody, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "imported" in proc.stderr and "note:" not in proc.stderr
+    x, sr = sf.read(out)
+    assert sr == 24000 and abs(len(x) / sr - 1.0) < 0.02 and np.all(np.isfinite(x))

@@ -5,8 +5,9 @@ speech ─► Resemblyzer speaker embedding [256]                 ├─► Alig
 melody ─► target F0 on the model's frame grid [T]             ┘
 
 A *voice model* is a folder with ``acoustic/`` (our AlignSTS format) and ``vocoder/``
-(our HiFi-GAN format); the content model (wav2vec2) comes from ``weights.lock`` when
-the acoustic model's config asks for it. Long songs are cut at rests of the melody
+(our HiFi-GAN format), and optionally ``content/`` (a transformers wav2vec2 folder);
+without it the content model comes from ``weights.lock`` when the acoustic model's
+config asks for one. Long songs are cut at rests of the melody
 (and the matching pauses of the speech, found by the same syllable-to-note assignment
 the psola engine uses) into chunks of at most ``MAX_CHUNK_SECONDS``, converted one by
 one (batched on CUDA) and joined with short cross-fades, so memory stays bounded.
@@ -80,9 +81,12 @@ def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceMo
             )
         a = W.resolve(acoustic, cache_dir=cache_dir)
         v = W.resolve(vocoder, cache_dir=cache_dir)
-        voice = VoiceModel(a.folder, v.folder, "weights.lock")
+        voice = VoiceModel(_part(a), _part(v), "bundled" if acoustic.bundled else "weights.lock")
     kind = _content_kind(voice.acoustic)
-    if kind.startswith("wav2vec2"):
+    own_content = voice.acoustic.parent / "content"
+    if kind.startswith("wav2vec2") and (own_content / "config.json").is_file():
+        voice.content = own_content  # a self-contained voice folder carries its content model
+    elif kind.startswith("wav2vec2"):
         content = W.find(comps, "content")
         if content is None:
             raise AlignSTSError(f"the acoustic model needs the '{kind}' content model, which weights.lock does not list")
@@ -90,15 +94,26 @@ def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceMo
     return voice
 
 
+def _part(res) -> Path:
+    """A single-file component is that file (config in its metadata), else the folder of its files."""
+    files = list(res.files.values())
+    return files[0] if len(files) == 1 else res.folder
+
+
 def _content_kind(acoustic: Path) -> str:
     import json
 
-    from alignsts_cli.model.checkpoint import CONFIG_NAME
+    from alignsts_cli.model.checkpoint import CONFIG_NAME, METADATA_KEY
 
     try:
+        if acoustic.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(acoustic), framework="pt") as f:
+                return json.loads((f.metadata() or {})[METADATA_KEY]).get("content_kind", "wav2vec2-ctc-logits")
         return json.loads((acoustic / CONFIG_NAME).read_text()).get("content_kind", "wav2vec2-ctc-logits")
-    except (OSError, ValueError):
-        raise AlignSTSError(f"{acoustic}: the acoustic model has no readable {CONFIG_NAME}; import or download it again") from None
+    except Exception:  # missing file, bad JSON, damaged safetensors: all mean "get it again"
+        raise AlignSTSError(f"{acoustic}: the acoustic model has no readable config; import or download it again") from None
 
 
 def available(model=None, cache_dir=None) -> bool:
@@ -182,6 +197,7 @@ class NeuralResult:
     attention: np.ndarray  # [T_chunk, T_c] of the longest chunk
     rhythm_codes: np.ndarray | None  # [T]
     chunks: list[Chunk] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # seconds per stage: content, speaker, acoustic, vocoder
 
 
 class NeuralEngine:
@@ -221,11 +237,23 @@ class NeuralEngine:
         from alignsts_cli.audio import resample
         from alignsts_cli.features import CONTENT_SR, flatten_pitch
 
+        import time
+
         p = self.profile
         step = progress or (lambda frac: None)
+        timings = {"content": 0.0, "speaker": 0.0, "acoustic": 0.0, "vocoder": 0.0}
+        clock = time.perf_counter()
+
+        def lap(stage):
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] += now - clock
+            clock = now
+
         speech_seconds = len(audio) / sr
         chunks = plan_chunks(melody, analysis.syllables, speech_seconds)
         speaker = self.features.speaker(audio, sr)
+        lap("speaker")
         flat16 = resample(flatten_pitch(audio, sr, analysis.median_f0, analysis.f0_floor, analysis.f0_ceiling),
                           sr, CONTENT_SR)
         step(0.1)
@@ -247,6 +275,7 @@ class NeuralEngine:
             phases = torch.rand(1, self.vocoder.config.nsf_harmonics + 1, generator=gen)
             phases[:, 0] = 0
             items.append((content, f0, noise, phases, f0_a))
+        lap("content")
         mels, codes, attn = [None] * len(items), [None] * len(items), None
         batch = 4 if self.device == "cuda" else 1
         for i in range(0, len(items), batch):
@@ -257,6 +286,7 @@ class NeuralEngine:
                 if attn is None or out["attention"].shape[0] > attn.shape[0]:
                     attn = out["attention"]
             step(0.1 + 0.6 * min(1.0, (i + batch) / len(items)))
+        lap("acoustic")
         song = np.zeros(total_frames * p.hop_length, dtype=np.float32)
         fade = int(XFADE * p.sample_rate)
         for k, (item, mel) in enumerate(zip(items, mels)):
@@ -274,7 +304,8 @@ class NeuralEngine:
         song = song[:n_out] if len(song) >= n_out else np.pad(song, (0, n_out - len(song)))
         mel_all = np.concatenate(mels, axis=0)
         code_all = None if codes[0] is None else np.concatenate(codes, axis=0)
-        return NeuralResult(song, p.sample_rate, mel_all, f0_full, attn, code_all, chunks)
+        lap("vocoder")
+        return NeuralResult(song, p.sample_rate, mel_all, f0_full, attn, code_all, chunks, timings)
 
     def _acoustic(self, group, speaker):
         """Acoustic model on one batch of chunks (padded with explicit lengths when more than one)."""

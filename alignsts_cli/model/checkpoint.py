@@ -76,10 +76,14 @@ def _atomic_write_text(text: str, path: Path) -> None:
         raise
 
 
-def save_model(model: AlignSTS, path: str | os.PathLike) -> Path:
-    """Write ``model`` in our format: ``path`` ending in ``.safetensors`` -> one file, else a folder."""
+def save_model(model: AlignSTS, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` in our format: ``path`` ending in ``.safetensors`` -> one file, else a folder.
+
+    ``dtype=torch.float16`` halves the file (for shipping); loading always gives float32 weights.
+    """
     path = Path(path)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT_NAME, METADATA_KEY: model.config.to_json()}
     if path.suffix == ".safetensors":
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -702,39 +702,61 @@ def load_torchscript_16k(path: str | os.PathLike | None = None, *, sample_rate: 
 # Our own format: folder with config.json + model.safetensors
 
 
-def save_vocoder(model: HiFiGAN, path: str | os.PathLike) -> Path:
-    """Write ``path/config.json`` (config + audio profile) and ``path/model.safetensors`` (weight norm folded)."""
+def save_vocoder(model: HiFiGAN, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``path/config.json`` (config + audio profile) and ``path/model.safetensors`` (weight norm folded),
+    or, for a ``path`` ending in ``.safetensors``, one file with the config in its metadata.
+    ``dtype=torch.float16`` halves the file (for shipping); loading always gives float32 weights."""
     from safetensors.torch import save_file
 
-    folder = Path(path).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    from alignsts_cli.files import atomic_output
+
+    target = Path(path).expanduser()
     sd = model.state_dict()
     if any(k.endswith(".weight_g") for k in sd):
         sd = fold_weight_norm(sd)
-    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
     profile = get_profile(model.config.profile)
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": model.config.to_dict(),
             "profile": profile.to_dict()}
-    save_file(sd, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return folder
+    if target.suffix == ".safetensors":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(target) as tmp:
+            save_file(sd, str(tmp), metadata={"format": FORMAT_NAME, "alignsts_vocoder": json.dumps(meta)})
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target / WEIGHTS_FILE) as tmp:  # never a half-written checkpoint
+        save_file(sd, str(tmp), metadata={"format": FORMAT_NAME})
+    with atomic_output(target / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return target
 
 
 def load_vocoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Read a folder written by :func:`save_vocoder` → ``(model, config, profile_name)`` (eval mode)."""
+    """Read what :func:`save_vocoder` wrote (folder or single file) → ``(model, config, profile_name)`` (eval mode)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    folder = Path(path).expanduser()
-    cfg_file, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not cfg_file.exists() or not weights.exists():
-        raise AlignSTSError(f"{folder}: not a vocoder folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    target = Path(path).expanduser()
+    if target.is_file():
+        weights = target
+        try:
+            with safe_open(str(target), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("alignsts_vocoder", "{}"))
+        except Exception as exc:
+            raise AlignSTSError(f"{target}: not a readable safetensors file ({exc}); download or export it again") from None
+        cfg_file = target
+    else:
+        cfg_file, weights = target / CONFIG_FILE, target / WEIGHTS_FILE
+        if not cfg_file.exists() or not weights.exists():
+            raise AlignSTSError(f"{target}: not a vocoder folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT_NAME:
         raise AlignSTSError(f"{cfg_file}: not an alignsts vocoder configuration")
     if int(meta.get("version", 0)) > FORMAT_VERSION:
-        raise AlignSTSError(f"{folder}: written by a newer alignsts (format {meta['version']}); upgrade alignsts")
+        raise AlignSTSError(f"{target}: written by a newer alignsts (format {meta['version']}); upgrade alignsts")
     config = HiFiGANConfig.from_dict(meta["config"])
     if "profile" in meta:
         register_profile(AudioProfile(**meta["profile"]))  # no-op for a known profile, clear error on a clash
-    model = _load_into(HiFiGAN(config), load_file(str(weights)), str(weights))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    model = _load_into(HiFiGAN(config), state, str(weights))
     return model.to(device), config, config.profile

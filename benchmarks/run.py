@@ -1,0 +1,262 @@
+"""Speed and memory of alignsts, stage by stage.
+
+    python benchmarks/run.py                       # official-size model (random weights), 5/10/30 s
+    python benchmarks/run.py --engine psola
+    python benchmarks/run.py --engine path/to/voice --seconds 10 --memory-minutes 5 --batch 20 --cold-start
+
+For each input length: the real-time factor (processing seconds / output seconds) of every stage
+(loading, f0 = speech analysis + melody, content features, speaker embedding, acoustic model,
+vocoder, writing) and of the whole conversion, as medians of --repeats runs after one warm-up. The
+models are loaded once (their loading time is reported apart). Also, on request: peak resident memory
+of a whole conversion of a long song (in a fresh process), batch throughput (seconds of singing
+produced per second of work over N files) and cold-start times of `alignsts --help` and of a first
+`convert` in a fresh process.
+
+`--engine official` builds randomly initialised models of the official sizes (26 M-parameter
+AlignSTS, wav2vec2-base content model, 24 kHz NSF-HiFiGAN): speed and memory do not depend on the
+weights' values, so these figures hold for the real checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Twinkle twinkle little star, how I wonder what you are.",
+    "I have a dream that one day this nation will rise up.",
+    "She sells sea shells by the sea shore every summer morning.",
+]
+STAGES = ("loading", "f0", "content", "speaker", "acoustic", "vocoder", "psola", "writing")
+
+
+def make_speech(path: Path, seconds: float, sr: int = 22050) -> Path:
+    """Spoken sentences (espeak-ng) joined with short pauses, cut to ``seconds``."""
+    import soundfile as sf
+
+    if shutil.which("espeak-ng") is None:
+        sys.exit("espeak-ng is needed to make the benchmark's speech (apt-get install espeak-ng)")
+    parts, total, k = [], 0.0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        while total < seconds:
+            wav = Path(tmp) / f"{k}.wav"
+            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), SENTENCES[k % len(SENTENCES)]],
+                           check=True)
+            x, file_sr = sf.read(wav, dtype="float32")
+            parts += [x, np.zeros(int(0.25 * file_sr), np.float32)]
+            total += len(x) / file_sr + 0.25
+            k += 1
+        audio = np.concatenate(parts)[: int(seconds * file_sr)]
+    sf.write(path, audio, file_sr)
+    return path
+
+
+def make_melody(path: Path, seconds: float) -> Path:
+    """Phrases of three quarter notes and a rest (120 bpm) around C3-A3, lasting ``seconds``."""
+    import mido
+
+    tpb = 480
+    mid = mido.MidiFile(ticks_per_beat=tpb)
+    trk = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000, time=0)])
+    pitches = [48, 50, 52, 53, 55, 57, 55, 52]
+    beats, gap, k = int(seconds * 2), 0, 0
+    for b in range(beats):
+        if b % 4 == 3:
+            gap += tpb
+            continue
+        p = pitches[k % len(pitches)]
+        trk += [mido.Message("note_on", note=p, velocity=80, time=gap), mido.Message("note_off", note=p, time=tpb)]
+        gap, k = 0, k + 1
+    mid.tracks.append(trk)
+    mid.save(str(path))
+    return path
+
+
+def official_voice(folder: Path) -> Path:
+    """Random-weight models of the official sizes, as a self-contained voice folder."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from alignsts_cli.model import AlignSTS, AlignSTSConfig, save_model
+    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig, save_vocoder
+
+    if (folder / "content" / "config.json").exists():
+        return folder
+    torch.manual_seed(0)
+    save_model(AlignSTS(AlignSTSConfig()), folder / "acoustic")
+    save_vocoder(HiFiGAN(HiFiGANConfig()), folder / "vocoder")
+    Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=32)).save_pretrained(folder / "content", safe_serialization=True)
+    return folder
+
+
+def engine_args(engine: str, work: Path) -> dict:
+    if engine == "psola":
+        return {"engine": "psola"}
+    if engine == "official":
+        return {"engine": "alignsts", "model": str(official_voice(work / "official-voice"))}
+    if engine == "default":
+        return {"engine": "auto"}
+    return {"engine": "alignsts", "model": engine}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_lengths(conv, work: Path, lengths, repeats: int) -> list[dict]:
+    rows = []
+    for seconds in lengths:
+        speech = make_speech(work / f"speech{seconds}.wav", seconds)
+        melody = make_melody(work / f"melody{seconds}.mid", seconds)
+        runs = []
+        for r in range(repeats + 1):  # the first is the warm-up
+            out = work / f"out{seconds}.wav"
+            t0 = time.perf_counter()
+            res = conv.convert(speech, melody, out, overwrite=True, seed=0)
+            wall = time.perf_counter() - t0
+            if r:
+                runs.append((wall, res.info["timings"], res.seconds))
+        out_s = runs[0][2]
+        row = {"seconds": seconds, "output_seconds": round(out_s, 2), "rtf_total": statistics.median(w for w, _, _ in runs) / out_s}
+        for stage in STAGES:
+            vals = [t.get(stage) for _, t, _ in runs if stage in t]
+            if vals:
+                row[f"rtf_{stage}"] = statistics.median(vals) / out_s
+        rows.append(row)
+    return rows
+
+
+def memory_child(args) -> None:
+    """Run in a fresh process: one whole conversion, then print the peak RSS."""
+    from alignsts_cli import api
+
+    work = Path(args.work)
+    conv = api.Converter(device=args.device, **engine_args(args.engine, work))
+    speech = make_speech(work / "long-speech.wav", min(60.0, args.memory_minutes * 60))
+    melody = make_melody(work / "long-melody.mid", args.memory_minutes * 60)
+    t0 = time.perf_counter()
+    res = conv.convert(speech, melody, work / "long-out.wav", overwrite=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "output_seconds": res.seconds,
+                      "rtf": (time.perf_counter() - t0) / res.seconds, "chunks": res.info.get("chunks")}))
+
+
+def cold_start(engine: str, work: Path, device: str) -> dict:
+    exe = [sys.executable, "-m", "alignsts_cli"]
+    helps = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run(exe + ["--help"], capture_output=True, check=True)
+        helps.append(time.perf_counter() - t0)
+    speech = make_speech(work / "cold.wav", 10)
+    melody = make_melody(work / "cold.mid", 10)
+    extra = engine_args(engine, work)
+    cmd = exe + ["convert", str(speech), "-m", str(melody), "-o", str(work / "cold-out.wav"), "--overwrite",
+                 "--engine", extra["engine"], "--device", device]
+    if "model" in extra:
+        cmd += ["--model", extra["model"]]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, check=True)
+    return {"help_seconds": statistics.median(helps), "first_convert_seconds": time.perf_counter() - t0}
+
+
+def batch_throughput(conv, work: Path, files: int) -> dict:
+    folder = work / "batch"
+    folder.mkdir(exist_ok=True)
+    speech = make_speech(folder / "s.wav", 5)
+    melody = make_melody(folder / "m.mid", 5)
+    conv.convert(speech, melody, folder / "warm.wav", overwrite=True)
+    produced, t0 = 0.0, time.perf_counter()
+    for k in range(files):
+        produced += conv.convert(speech, melody, folder / f"o{k}.wav", overwrite=True).seconds
+    wall = time.perf_counter() - t0
+    return {"files": files, "singing_seconds_per_second": produced / wall}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", default="official", help="official | psola | default | a voice-model folder")
+    ap.add_argument("--seconds", type=float, nargs="*", default=[5, 10, 30])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--memory-minutes", type=float, default=0.0, help="peak RSS of a song this long (fresh process)")
+    ap.add_argument("--batch", type=int, default=0, help="batch throughput over this many files")
+    ap.add_argument("--cold-start", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return memory_child(args)
+    work = Path(args.work or tempfile.mkdtemp(prefix="alignsts-bench-"))
+    from alignsts_cli import api
+
+    t0 = time.perf_counter()
+    conv = api.Converter(device=args.device, **engine_args(args.engine, work))
+    if conv.engine == "alignsts":
+        conv.neural  # load the models now, timed apart
+    load_s = time.perf_counter() - t0
+    report = {
+        "engine": conv.describe(),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "model_loading_seconds": round(load_s, 2),
+        "lengths": bench_lengths(conv, work, args.seconds, args.repeats) if args.seconds else [],
+    }
+    if args.batch:
+        report["batch"] = batch_throughput(conv, work, args.batch)
+    if args.cold_start:
+        report["cold_start"] = cold_start(args.engine, work, args.device)
+    if args.memory_minutes:
+        child = subprocess.run(
+            [sys.executable, __file__, "--memory-child", "--engine", args.engine, "--device", args.device,
+             "--threads", str(args.threads), "--memory-minutes", str(args.memory_minutes), "--work", str(work)],
+            capture_output=True, text=True, check=True)
+        report["memory"] = json.loads(child.stdout.strip().splitlines()[-1])
+    report["peak_rss_mb_this_process"] = round(peak_rss_mb())
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+def print_report(r: dict) -> None:
+    print(f"engine: {r['engine']}; threads: {r['threads']}; machine: {r['machine']}")
+    print(f"model loading: {r['model_loading_seconds']} s")
+    if r["lengths"]:
+        stages = [s for s in ("total",) + STAGES if any(f"rtf_{s}" in row for row in r["lengths"])]
+        print("real-time factor (processing s / output s), medians:")
+        print("input s | " + " | ".join(stages))
+        for row in r["lengths"]:
+            print(f"{row['seconds']:>7g} | " + " | ".join(f"{row.get('rtf_' + s, float('nan')):.3f}" for s in stages))
+    if "batch" in r:
+        print(f"batch of {r['batch']['files']} files: {r['batch']['singing_seconds_per_second']:.2f} s of singing per s")
+    if "cold_start" in r:
+        c = r["cold_start"]
+        print(f"cold start: alignsts --help {c['help_seconds']:.2f} s; first convert of 10 s {c['first_convert_seconds']:.1f} s")
+    if "memory" in r:
+        m = r["memory"]
+        print(f"memory: {m['output_seconds'] / 60:.1f}-minute song in {m['chunks']} chunk(s): peak RSS {m['peak_rss_mb']:.0f} MB "
+              f"(RTF {m['rtf']:.2f})")
+    print(f"peak RSS of this process: {r['peak_rss_mb_this_process']} MB")
+
+
+if __name__ == "__main__":
+    main()
