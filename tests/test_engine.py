@@ -31,13 +31,13 @@ def tiny_wav2vec2(folder: Path) -> Path:
     return folder
 
 
-def tiny_voice(folder: Path, content_kind="wav2vec2-ctc-logits", content_dim=32) -> Path:
+def tiny_voice(folder: Path, content_kind="wav2vec2-ctc-logits", content_dim=32, **config) -> Path:
     from alignsts_cli.model import AlignSTS, AlignSTSConfig, save_model
     from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig, save_vocoder
 
     torch.manual_seed(0)
     cfg = AlignSTSConfig(content_kind=content_kind, content_dim=content_dim, aligner_layers=1, denoiser_layers=2,
-                         denoiser_channels=32, ffn_mult=1)
+                         denoiser_channels=32, ffn_mult=1, **config)
     save_model(AlignSTS(cfg), folder / "acoustic")
     voc = HiFiGANConfig(upsample_initial_channel=32, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
     save_vocoder(HiFiGAN(voc), folder / "vocoder")
@@ -150,10 +150,10 @@ def test_download_then_convert_and_batch(published, tmp_path):
     assert proc.returncode == 1 and "download-weights" in proc.stderr
 
 
-def _engine(tmp_path, content_kind="mfcc", content_dim=20):
+def _engine(tmp_path, content_kind="mfcc", content_dim=20, **config):
     from alignsts_cli.engines.alignsts import NeuralEngine, VoiceModel
 
-    voice = tiny_voice(tmp_path / "voice", content_kind=content_kind, content_dim=content_dim)
+    voice = tiny_voice(tmp_path / "voice", content_kind=content_kind, content_dim=content_dim, **config)
     return NeuralEngine(VoiceModel(voice / "acoustic", voice / "vocoder", "test"), device="cpu")
 
 
@@ -184,6 +184,20 @@ def test_long_melody_is_converted_in_chunks(tmp_path):
     assert quiet.size
 
 
+@pytest.mark.parametrize("ablation", ["use_rhythm_adaptor", "use_cross_modal_alignment", "use_f0_skip"])
+def test_ablated_voices_sing(tmp_path, ablation):
+    """Voices trained as the paper's ablations convert too (w/o RA follows the speech's own rhythm)."""
+    from alignsts_cli.api import load_speech
+    from alignsts_cli.engines.psola import analyse_speech
+    from alignsts_cli.melody import load_midi
+
+    engine = _engine(tmp_path, **{ablation: False})
+    melody = load_midi(write_midi(tmp_path / "m.mid", [(0, 1, 48), (1, 1, 52)]))
+    audio, sr = load_speech(SPEECH)
+    res = engine.sing(audio, sr, melody, analyse_speech(audio, sr))
+    assert len(res.audio) == round(melody.duration * res.sample_rate) and np.all(np.isfinite(res.audio))
+
+
 def test_batched_chunks_match_one_by_one(tmp_path):
     """The padded, length-masked batch path (used on CUDA) gives what one-at-a-time gives."""
     engine = _engine(tmp_path)
@@ -194,7 +208,7 @@ def test_batched_chunks_match_one_by_one(tmp_path):
     for t, tc in ((120, 40), (90, 33)):
         f0 = np.where(np.arange(t) % 30 < 25, 220.0, 0.0).astype(np.float32)
         noise = torch.randn(5, 1, 1, 80, t, generator=torch.Generator().manual_seed(t))
-        items.append((rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0))
+        items.append((rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None))
     together = engine._acoustic(items, spk)
     alone = [engine._acoustic([it], spk)[0] for it in items]
     for a, b in zip(together, alone):

@@ -274,7 +274,7 @@ class NeuralEngine:
             noise = torch.randn(self.acoustic.config.diffusion_steps + 1, 1, 1, p.n_mels, len(f0), generator=gen)
             phases = torch.rand(1, self.vocoder.config.nsf_harmonics + 1, generator=gen)
             phases[:, 0] = 0
-            items.append((content, f0, noise, phases, f0_a))
+            items.append((content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch)))
         lap("content")
         mels, codes, attn = [None] * len(items), [None] * len(items), None
         batch = 4 if self.device == "cuda" else 1
@@ -307,6 +307,19 @@ class NeuralEngine:
         lap("vocoder")
         return NeuralResult(song, p.sample_rate, mel_all, f0_full, attn, code_all, chunks, timings)
 
+    def _source_rhythm(self, audio: np.ndarray, sr: int, ch: Chunk):
+        """Rhythm curve [T_s] of the chunk's speech: only a voice without the rhythm adaptor needs it."""
+        cfg = self.acoustic.config
+        if cfg.use_rhythm_adaptor:
+            return None
+        from alignsts_cli.audio import resample
+        from alignsts_cli.model import rhythm_curve
+        from alignsts_cli.profiles import mel_spectrogram
+
+        seg = resample(audio[int(ch.s0 * sr):int(ch.s1 * sr)], sr, self.profile.sample_rate)
+        mel = mel_spectrogram(seg, self.profile)  # [T_s, 80]
+        return rhythm_curve(mel, cfg.rhythm_beta, cfg.rhythm_sigma, log_base=cfg.mel_log_base).astype(np.float32)
+
     def _acoustic(self, group, speaker):
         """Acoustic model on one batch of chunks (padded with explicit lengths when more than one)."""
         torch = self.torch
@@ -318,7 +331,7 @@ class NeuralEngine:
         content = torch.zeros(b, tc_max, d)
         f0 = torch.zeros(b, t_max)
         noise = torch.zeros(self.acoustic.config.diffusion_steps + 1, b, 1, self.profile.n_mels, t_max)
-        for j, (c, f, n, _, _) in enumerate(group):
+        for j, (c, f, n, *_) in enumerate(group):
             content[j, : len(c)] = torch.from_numpy(c)
             f0[j, : len(f)] = torch.from_numpy(f.astype(np.float32))
             noise[:, j, :, :, : len(f)] = n[:, 0]
@@ -326,11 +339,19 @@ class NeuralEngine:
         if b > 1:
             kw = {"lengths": torch.tensor([len(g[1]) for g in group], device=dev),
                   "content_lengths": torch.tensor([len(g[0]) for g in group], device=dev)}
+        if group[0][5] is not None:  # a voice without the rhythm adaptor follows the speech's own rhythm
+            ts = max(len(g[5]) for g in group)
+            src = torch.zeros(b, ts)
+            for j, g in enumerate(group):
+                src[j, : len(g[5])] = torch.from_numpy(g[5])
+            kw["source_rhythm"] = src.to(dev)
+            if b > 1:
+                kw["source_rhythm_lengths"] = torch.tensor([len(g[5]) for g in group], device=dev)
         spk = torch.from_numpy(speaker)[None].expand(b, -1).to(dev)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.acoustic.infer(content.to(dev), spk, f0.to(dev), noise.to(dev), **kw)
         res = []
-        for j, (c, f, _, _, _) in enumerate(group):
+        for j, (c, f, *_) in enumerate(group):
             t, tc = len(f), len(c)
             codes = out.get("rhythm_codes")
             res.append({
