@@ -385,5 +385,258 @@ def import_checkpoint(
     print(f"imported {source} as '{name}' into {dest}")
 
 
+@app.command("make-corpus")
+@friendly
+def make_corpus(
+    output: Annotated[Path, typer.Argument(help="Folder to write the corpus into.")],
+    items: Annotated[int, typer.Option(help="Items (voice, sentence, melody) to make.")] = 600,
+    sentences: Annotated[int, typer.Option(help="Sentences drawn from the built-in list (3-138).")] = 100,
+    melodies: Annotated[int, typer.Option(help="Melodies drawn from the music21 corpus.")] = 60,
+    voices: Annotated[int, typer.Option(help="Synthetic voices, 2-8 (male and female ranges alternate).")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed makes the same corpus, byte for byte.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Festival processes at once (default: 2).")] = None,
+    overwrite: Overwrite = False,
+):
+    """Make a synthetic paired corpus: sentences spoken and sung to music21 melodies by Festival voices.
+
+    Needs Festival (bash scripts/install-festival.sh) and music21 (pip install music21).
+    """
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from alignsts_cli import corpus as C
+
+    err = _console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        transient=True, disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("planning", total=None)
+        manifest = C.make_corpus(
+            output, seed=seed, voices=voices, sentences=sentences, melodies=melodies, items=items, workers=workers,
+            overwrite=overwrite,
+            progress=lambda done, total, item_id: bar.update(task, description="synthesising", completed=done,
+                                                             total=total),
+        )
+    info = json.loads((manifest.parent / "corpus.json").read_text())
+    splits = {s: sum(it["split"] == s for it in info["items"]) for s in ("train", "valid", "test")}
+    q = info["quality"]
+    print(
+        f"wrote {manifest} ({len(info['items'])} items: {splits['train']} train, {splits['valid']} valid, "
+        f"{splits['test']} test; {q['singing_hours']:.2f} h of singing, {q['speech_hours']:.2f} h of speech; "
+        f"sung F0 {q['cents'].get('median', float('nan')):.1f} cents (median) from the notes)"
+    )
+
+
+@app.command()
+@friendly
+def prepare(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder: manifest.csv / manifest.json, or a GTSinger tree.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Cache folder to write; an interrupted run resumes.")],
+    profile: Annotated[str, typer.Option(help="Audio profile: compact-16k or official-24k.")] = "compact-16k",
+    content: Annotated[str, typer.Option(help="Content features: mfcc (offline) or wav2vec2-ctc.")] = "mfcc",
+    content_dim: Annotated[
+        Optional[int], typer.Option(help="Content feature size (default: 20 for mfcc, 32 for wav2vec2-ctc).")
+    ] = None,
+    valid_fraction: Annotated[float, typer.Option(help="Share of items for validation.")] = 0.1,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share of items held out for testing (unseen speakers and songs).")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed of the train / valid / test split.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda: where the feature models run.")] = "auto",
+):
+    """Extract what training needs (content, speaker, singing mel and F0, speech mel) once, into a cache."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from alignsts_cli import data
+    from alignsts_cli.engines.alignsts import pick_device
+
+    dim = content_dim if content_dim is not None else (32 if content == "wav2vec2-ctc" else 20)
+    content_model = None
+    if content == "wav2vec2-ctc":
+        from alignsts_cli import weights as W
+
+        comp = W.find(W.read_lock(), "content")
+        if comp is None:
+            raise AlignSTSError("weights.lock lists no wav2vec2 content model; use --content mfcc")
+        content_model = W.resolve(comp).folder
+    err = _console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        transient=True, disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("reading the dataset", total=None)
+        res = data.prepare(
+            dataset, output, profile=profile, content_kind=content, content_dim=dim, content_model=content_model,
+            seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, device=pick_device(device),
+            progress=lambda done, total, item_id: bar.update(task, description=f"preparing {item_id}",
+                                                             completed=done, total=total),
+        )
+    s = res.splits
+    print(
+        f"wrote {res.cache} ({res.items} items: {s['train']} train, {s['valid']} valid, {s['test']} test; "
+        f"{res.hours:.2f} h of singing; {res.computed} computed, {res.reused} already done)"
+    )
+    for item_id, reason in res.failed:
+        print(f"left out {item_id}: {reason}", file=sys.stderr)
+
+
+@app.command("train")
+@friendly
+def train_command(
+    cache: Annotated[Path, typer.Argument(help="A prepared cache folder (alignsts prepare DATASET -o CACHE).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints, logs, samples, voice/.")],
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", "-c", help="Train config: a JSON file or a shipped name (compact-16k, official, ...); "
+                     "when resuming, the run's own train_config.json by default.")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Train up to this step (overrides the config).")] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help="auto (CUDA when available), cpu or cuda (overrides the config).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in OUTPUT.")
+    ] = True,
+):
+    """Train AlignSTS on a prepared cache: alignsts train cache/ -o run/ --config compact-16k
+
+    Writes OUTPUT/checkpoints/step_N, OUTPUT/log.csv and valid.csv, sung validation samples in
+    OUTPUT/samples/, and the newest model as OUTPUT/voice (convert --engine alignsts --model OUTPUT/voice).
+    Run the same command again to resume after an interruption.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from alignsts_cli.train import TrainConfig, checkpoints, train
+
+    cfg = TrainConfig.load(config) if config is not None else None
+    if cfg is None and not (output / "train_config.json").exists():
+        raise AlignSTSError("a new training run needs --config (e.g. --config compact-16k, or a JSON file like "
+                            "alignsts_cli/configs/compact-16k.json)")
+    if cfg is None:
+        cfg = TrainConfig.load(output / "train_config.json")
+    changes = {k: v for k, v in (("steps", steps), ("device", device)) if v is not None}
+    if changes:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
+    err = _console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        transient=True, disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("training", total=cfg.steps)
+
+        def show(step, total, info):
+            bar.update(task, completed=step, total=total, description=f"loss {info['total']:.3f} lr {info['lr']:.2e}")
+            if "checkpoint" in info:
+                valid = f", valid loss {info['valid']['total']:.3f}" if "valid" in info else ""
+                bar.console.print(f"step {step}: saved {info['checkpoint']}{valid}")
+
+        try:
+            result = train(cache, output, cfg, resume=resume, progress=show)
+        except KeyboardInterrupt:
+            done = checkpoints(output)
+            where = f"step {done[-1][0]}" if done else "the start"
+            _error(f"interrupted; run the same command again to resume from {where}")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    resumed = f" (resumed from step {result['resumed_from']})" if result["resumed_from"] is not None else ""
+    speed = f", {result['seconds_per_step']:.2f} s/step" if result["seconds_per_step"] else ""
+    print(f"trained to step {result['step']}{resumed}{speed}; {result['parameters'] / 1e6:.2f} M parameters")
+    if result["valid"]:
+        print(f"valid loss {result['valid']['total']:.4f} at step {result['valid']['step']}")
+    print(f"checkpoint {result['checkpoint']}; logs {output / 'log.csv'}, {output / 'valid.csv'}")
+    if (result["voice"] / "vocoder").is_dir():
+        print(f"voice {result['voice']}: alignsts convert speech.wav -m song.mid --engine alignsts "
+              f"--model {result['voice']}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    cache: Annotated[
+        Optional[Path], typer.Argument(help="A prepared cache (the folder with cache.json): run and score --system's.")
+    ] = None,
+    system: Annotated[
+        Optional[list[str]],
+        typer.Option("--system", "-s", help="ground-truth[:VOCODER], psola, or alignsts[-LABEL]:VOICE; repeat for "
+                     "several side by side [default: ground-truth and psola]."),
+    ] = None,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Where outputs (SYSTEM/ID.wav), report.json and report.md go.")
+    ] = Path("evaluation"),
+    split: Annotated[str, typer.Option(help="Which items of the cache: train, valid or test.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N items of the split.")] = None,
+    references: Annotated[
+        Optional[Path], typer.Option(help="Instead of a cache: a folder of reference singing, paired by name...")
+    ] = None,
+    outputs: Annotated[
+        Optional[list[Path]], typer.Option(help="...with the files of this folder (repeat: one folder per system).")
+    ] = None,
+    speech: Annotated[Optional[Path], typer.Option(help="Input speech of the same names, for speaker similarity.")] = None,
+    pairs: Annotated[
+        Optional[Path], typer.Option(help="Instead of a cache: a CSV of reference,output[,speech[,system]] rows.")
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="Audio profile (rate and mel) the metrics use with --references/--pairs.")
+    ] = "compact-16k",
+    device: Device = "auto",
+    seed: Seed = None,
+    overwrite: Overwrite = False,
+):
+    """Score systems with LSD, RCA, RRD and speaker similarity; write report.json and report.md.
+
+    alignsts evaluate CACHE -s ground-truth -s psola -s alignsts:VOICE  |  alignsts evaluate --references REFS --outputs OUTS
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from alignsts_cli import evaluate as ev
+
+    by_files = references is not None or outputs or pairs is not None
+    if cache is not None and by_files:
+        raise AlignSTSError("give either a prepared cache or --references/--outputs/--pairs, not both")
+    if cache is None and not by_files:
+        raise AlignSTSError("give a prepared cache (alignsts evaluate CACHE), or --references with --outputs, or --pairs")
+    if by_files and system:
+        raise AlignSTSError("--system runs systems on a cache; with --references/--pairs the outputs are already made")
+    err = _console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("evaluating", total=1.0)
+        show = lambda stage, frac: bar.update(task, description=stage, completed=frac)  # noqa: E731
+        if cache is not None:
+            report = ev.evaluate_systems(
+                cache, system or ev.DEFAULT_SYSTEMS, output_dir, split=split, limit=limit, device=device,
+                seed=0 if seed is None else seed, overwrite=overwrite, progress=show,
+            )
+        else:
+            if pairs is not None:
+                found = ev.read_pairs(pairs)
+            elif references is None or not outputs:
+                raise AlignSTSError("--references and --outputs go together: give both")
+            else:
+                found = ev.find_pairs(references, outputs, speech)
+            report = ev.evaluate_pairs(found, output_dir, profile=profile, overwrite=overwrite, progress=show)
+    rows = report.table()
+    table = Table(title=f"alignsts evaluate: {report.settings.get('source', '')} ({report.settings['sample_rate']} Hz)")
+    for k, col in enumerate(rows[0]):
+        table.add_column(col, justify="left" if k == 0 else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    out = _console()
+    out.print(table)
+    for f in report.failures[:10]:
+        print(f"failed: {f['system']} / {f['id']}: {f['error']}", file=sys.stderr)
+    if len(report.failures) > 10:
+        print(f"... and {len(report.failures) - 10} more failures (see report.md)", file=sys.stderr)
+    out.print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
+    if report.failures:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
 def main() -> None:
     app(prog_name="alignsts")

@@ -203,7 +203,7 @@ class NeuralResult:
 class NeuralEngine:
     """The loaded AlignSTS voice: build once, ``sing()`` many times (a batch reuses it)."""
 
-    def __init__(self, voice: VoiceModel, device: str = "auto"):
+    def __init__(self, voice: VoiceModel, device: str = "auto", pitch_correct: bool | None = None):
         import torch
 
         from alignsts_cli.features import FeatureExtractor
@@ -225,6 +225,10 @@ class NeuralEngine:
         self.profile = get_profile(cfg.audio_profile)
         kind = "mfcc" if cfg.content_kind.startswith("mfcc") else "wav2vec2-ctc"
         self.features = FeatureExtractor(kind, cfg.content_dim, content_model=voice.content, device=self.device)
+        # A vocoder without an F0 input (no NSF source) only hears the pitch through the mel's harmonics, and
+        # the pretrained 16 kHz one sings low voices up to half a semitone sharp: such voices get their F0 set
+        # to the target by PSOLA after vocoding (a small shift, nearly transparent).
+        self.pitch_correct = (not vcfg.nsf) if pitch_correct is None else pitch_correct
         self.torch = torch
 
     def _frames(self, seconds: float) -> int:
@@ -291,6 +295,8 @@ class NeuralEngine:
         fade = int(XFADE * p.sample_rate)
         for k, (item, mel) in enumerate(zip(items, mels)):
             wav = self._vocode(mel, item[1], item[3], gen)
+            if self.pitch_correct:
+                wav = pitch_correct(wav, p.sample_rate, item[1], p.hop_length / p.sample_rate)
             pos = item[4] * p.hop_length
             env = np.ones(len(wav), dtype=np.float32)
             if k > 0 and fade:
@@ -375,3 +381,22 @@ class NeuralEngine:
         with torch.inference_mode():
             wav = self.vocoder(m, f if self.vocoder.config.nsf else None, **kw)
         return wav[0, 0].float().cpu().numpy()
+
+
+def pitch_correct(wav: np.ndarray, sr: int, f0: np.ndarray, hop_s: float) -> np.ndarray:
+    """``[n]`` audio with its voiced F0 moved onto ``f0`` ``[T]`` (Hz on a ``hop_s`` grid) by Praat PSOLA."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    voiced = f0 > 0
+    if not voiced.any() or len(wav) < int(0.05 * sr):
+        return wav
+    lo, hi = float(f0[voiced].min()), float(f0[voiced].max())
+    snd = parselmouth.Sound(wav.astype(np.float64), sampling_frequency=sr)
+    man = call(snd, "To Manipulation", 0.01, max(40.0, 0.6 * lo), min(1200.0, 1.6 * hi))
+    tier = call("Create PitchTier", "target", snd.xmin, snd.xmax)
+    for i in np.nonzero(voiced)[0]:
+        call(tier, "Add point", (i + 0.5) * hop_s, float(f0[i]))
+    call([man, tier], "Replace pitch tier")
+    out = call(man, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
+    return out[: len(wav)] if len(out) >= len(wav) else np.pad(out, (0, len(wav) - len(out)))

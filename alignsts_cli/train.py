@@ -1,0 +1,685 @@
+"""Training AlignSTS from a prepared cache: ``alignsts train cache/ -o run/ --config alignsts_cli/configs/compact-16k.json``.
+
+    from alignsts_cli.train import TrainConfig, train
+    result = train("cache/", "run/", TrainConfig.load("alignsts_cli/configs/compact-16k.json"))
+
+Modes (``TrainConfig.mode``):
+
+* ``"sts"``: paired speech-to-singing. Content and speaker come from the speech, the target is the
+  singing mel and F0 (paper §3).
+* ``"zero-shot"``: singing-to-singing (paper §4.4). Content and speaker come from the singing itself;
+  at inference the model is fed speech, as in ``sts``.
+
+Each step: a length-bucketed batch of train items (long items randomly cropped to ``max_frames`` mel
+frames, content cut proportionally), ``model.forward`` with explicit lengths, AdamW, gradient clipping,
+inverse-square-root learning rate with warm-up. The run folder::
+
+    run/train_config.json                    the TrainConfig in use
+    run/log.csv                              step,time,lr,<loss terms>,grad_norm (averaged over log_every)
+    run/valid.csv                            step,time,<loss terms> on the valid split
+    run/checkpoints/step_<N>/                config.json + model.safetensors (save_model) + trainer.pt
+    run/last                                 "checkpoints/step_<N>": the newest checkpoint
+    run/samples/step_<N>/<id>.wav            valid items sung from their speech (model.infer + vocoder)
+    run/samples/ground_truth/<id>.wav        the same items' true singing mel through the vocoder
+    run/voice/{acoustic,vocoder}             the newest model as a voice: ``alignsts convert --model run/voice``
+
+``trainer.pt`` holds plain tensors and dicts (optimizer, scheduler, step, data position, RNG states,
+the train config as JSON) and is read with ``torch.load(weights_only=True)``. Resuming restores all of
+it, so on the CPU N steps + resume + N steps give exactly the weights of 2N steps in one go.
+Every file is written atomically: checkpoints are built in a hidden folder and renamed into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.files import atomic_output
+from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, rhythm_curve, save_model
+
+#: What to tell a user whose cache is missing or unreadable.
+PREPARE_HINT = "prepare one with `alignsts prepare DATASET -o CACHE`"
+TRAINER_FORMAT, TRAINER_VERSION = "alignsts-trainer", 1
+LOSS_TERMS = ("l1", "ssim", "vq", "rhythm_ce", "guided_attn", "guided_attn_predictor", "total")
+#: Per mode: the cache arrays fed as content, as speaker, and the mel whose rhythm curve is the source
+#: rhythm of the w/o-rhythm-adaptor ablation.
+MODE_INPUTS = {"sts": ("content", "speaker", "speech_mel"), "zero-shot": ("sing_content", "sing_speaker", "mel")}
+#: The example configs shipped with the repository (compact-16k.json, official.json, ...).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+MIN_FRAMES = 8  # shorter items are left out (the rhythm stream runs at T/4)
+LOG_FLUSH_SECONDS = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``run/train_config.json`` and in every checkpoint.
+
+    ``model`` holds AlignSTSConfig fields that differ from the official defaults. ``audio_profile``,
+    ``content_dim`` and ``content_kind`` may be left out: they are taken from the cache.
+    """
+
+    model: dict = field(default_factory=dict)
+    mode: str = "sts"  # "sts" (speech -> singing) or "zero-shot" (singing -> singing, speech at inference)
+    steps: int = 200_000
+    batch_size: int = 16  # items per batch (official ~16)
+    max_batch_frames: int | None = None  # also cap padded mel frames per batch (items × longest)
+    max_frames: int | None = None  # randomly crop longer items to this many mel frames
+    lr: float | None = None  # peak learning rate; None: lr_scale · hidden^-0.5 · warmup^-0.5 (official)
+    lr_scale: float = 2.0
+    warmup: int = 2000  # linear warm-up steps, then lr · sqrt(warmup / step)
+    min_lr: float = 1e-7
+    betas: tuple = (0.9, 0.98)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 100  # rows of log.csv (loss terms averaged over the interval)
+    valid_every: int = 2000  # validation loss (also at every checkpoint)
+    ckpt_every: int = 2000  # checkpoint + rendered samples + voice export (also at the last step)
+    keep_checkpoints: int = 5  # newest checkpoints kept; 0 keeps all
+    n_samples: int = 4  # valid items rendered per checkpoint
+    valid_max_items: int = 64  # valid items used for the validation loss
+    vocoder: str | None = "auto"  # "auto" (torchscript-16k for compact-16k), "torchscript-16k", a folder, None
+    seed: int = 1234
+    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        if not isinstance(self.model, dict):
+            raise AlignSTSError("train config: 'model' must be an object of AlignSTSConfig fields")
+        checks = [
+            (self.mode in MODE_INPUTS, f"mode must be one of {', '.join(MODE_INPUTS)}, not {self.mode!r}"),
+            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be at least 1"),
+            (self.warmup >= 1, "warmup must be at least 1 step"),
+            (self.lr is None or self.lr > 0, "lr must be positive (or null for the official rule)"),
+            (min(self.log_every, self.valid_every, self.ckpt_every) >= 1,
+             "log_every, valid_every and ckpt_every must be at least 1"),
+            (self.max_frames is None or self.max_frames >= MIN_FRAMES, f"max_frames must be at least {MIN_FRAMES}"),
+            (self.max_batch_frames is None or self.max_batch_frames >= 1, "max_batch_frames must be positive"),
+            (len(self.betas) == 2, "betas must be two numbers"),
+            (self.grad_clip > 0, "grad_clip must be positive"),
+            (min(self.n_samples, self.valid_max_items, self.keep_checkpoints, self.num_threads) >= 0,
+             "n_samples, valid_max_items, keep_checkpoints and num_threads cannot be negative"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
+        ]
+        problems = [msg for ok, msg in checks if not ok]
+        if problems:
+            raise AlignSTSError("invalid train config: " + "; ".join(problems) + "; fix the config file")
+
+    def model_config(self, cache_meta: dict | None = None) -> AlignSTSConfig:
+        """The AlignSTSConfig to train: official defaults, the cache's data fields, then ``model``."""
+        data = {}
+        if cache_meta is not None:
+            data = {"audio_profile": cache_meta["profile"], "content_dim": int(cache_meta["content_dim"]),
+                    "content_kind": cache_meta["content_kind"]}
+        return AlignSTSConfig.from_dict({**data, **self.model})
+
+    def peak_lr(self, hidden: int) -> float:
+        return self.lr if self.lr is not None else self.lr_scale * hidden**-0.5 * self.warmup**-0.5
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Keys starting with ``_`` (``"_comment"``) are notes and are ignored."""
+        data = {k: v for k, v in data.items() if not k.startswith("_")}
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise AlignSTSError(f"train config: unknown field(s) {unknown}; check the spelling against "
+                                "alignsts_cli/configs/compact-16k.json")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a value of the wrong type (e.g. a string for steps)
+            raise AlignSTSError(f"train config: {exc}; fix the config file") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a JSON config: a file, or the name of one in the shipped configs/ ("compact-16k")."""
+        path = Path(path).expanduser()
+        if not path.exists() and path.name == str(path) and (CONFIGS_DIR / f"{path.name}.json").exists():
+            path = CONFIGS_DIR / f"{path.name}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AlignSTSError(f"{path}: no such config file; see alignsts_cli/configs/ for examples") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AlignSTSError(f"{path}: not a readable JSON config ({exc}); fix the file") from None
+        if not isinstance(data, dict):
+            raise AlignSTSError(f"{path}: a train config must be a JSON object")
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        _write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    """Multiplier of the peak lr for the update after ``step`` updates: linear warm-up to 1 at
+    ``warmup``, then sqrt(warmup / step) (official inverse-square-root schedule)."""
+    return min(step / warmup, 1.0) * math.sqrt(warmup / max(step, warmup))
+
+
+# ---------------------------------------------------------------------------------------------
+# The prepared cache
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Cache:
+    root: Path
+    meta: dict  # cache.json
+    items: list  # items.json entries
+
+    def split(self, name: str) -> list:
+        return [it for it in self.items if it.get("split") == name and int(it.get("frames", 0)) >= MIN_FRAMES]
+
+    def load(self, item: dict, mode: str) -> dict:
+        """One item's arrays for ``mode``: mel [T, M], f0 [T], content [Tc, D], speaker [S], source [Ts, M]."""
+        path = self.root / "items" / f"{item['id']}.npz"
+        c_key, s_key, src_key = MODE_INPUTS[mode]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k], dtype=np.float32) for k in ("mel", "f0", c_key, s_key, src_key)}
+        except (OSError, KeyError, ValueError) as exc:
+            raise AlignSTSError(f"{path}: unreadable cache item ({exc}); {PREPARE_HINT} again") from None
+        out = {"mel": arrays["mel"], "f0": arrays["f0"], "content": arrays[c_key], "speaker": arrays[s_key],
+               "source": arrays[src_key]}
+        if out["mel"].ndim != 2 or out["f0"].shape != out["mel"].shape[:1] or out["content"].ndim != 2 \
+                or len(out["content"]) < 1 or out["source"].ndim != 2:
+            raise AlignSTSError(f"{path}: arrays have the wrong shapes (mel {out['mel'].shape}, f0 {out['f0'].shape},"
+                                f" {c_key} {out['content'].shape}); {PREPARE_HINT} again")
+        return out
+
+
+def read_cache(path: str | os.PathLike) -> Cache:
+    """Open a prepared cache folder (cache.json, items.json, items/<id>.npz; see data.py)."""
+    from alignsts_cli.data import load_cache
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise AlignSTSError(f"{root}: no such cache folder; {PREPARE_HINT}")
+    meta, items = load_cache(root)  # checks the format, the version and that it is complete
+    missing = [k for k in ("profile", "content_kind", "content_dim", "speaker_dim") if k not in meta]
+    if missing or not isinstance(items, list):
+        raise AlignSTSError(f"{root}: cache.json lacks {missing or 'an item list'}; {PREPARE_HINT} again")
+    return Cache(root, meta, items)
+
+
+def _family(content_kind: str) -> str:
+    """"wav2vec2-ctc" and "wav2vec2-ctc-logits" name the same features (as the engine reads them)."""
+    return "mfcc" if content_kind.startswith("mfcc") else "wav2vec2" if content_kind.startswith("wav2vec2") \
+        else content_kind
+
+
+def check_compatible(cache: Cache, cfg: AlignSTSConfig) -> None:
+    """Raise when the model cannot be trained on the cache's features."""
+    m = cache.meta
+    problems = []
+    if m["profile"] != cfg.audio_profile:
+        problems.append(f"audio profile {m['profile']} vs the model's {cfg.audio_profile}")
+    if int(m["content_dim"]) != cfg.content_dim or _family(m["content_kind"]) != _family(cfg.content_kind):
+        problems.append(f"content {m['content_kind']} × {m['content_dim']} vs the model's "
+                        f"{cfg.content_kind} × {cfg.content_dim}")
+    if int(m["speaker_dim"]) != cfg.speaker_dim:
+        problems.append(f"speaker embedding {m['speaker_dim']}-d vs the model's {cfg.speaker_dim}")
+    if problems:
+        raise AlignSTSError(f"{cache.root}: the cache does not fit the model ({'; '.join(problems)}); "
+                            "change the config's model section or prepare the cache to match")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+def make_batches(frames: list[int], batch_size: int, max_batch_frames: int | None, rng) -> list[list[int]]:
+    """One epoch of length-bucketed batches: shuffle, sort pools of 32 batches by length, cut into
+    batches of similar lengths (at most ``batch_size`` items and ``max_batch_frames`` padded frames),
+    shuffle the batches. Every index appears exactly once."""
+    order = rng.permutation(len(frames))
+    pool = 32 * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        cur, longest = [], 0
+        for i in sorted(order[start:start + pool].tolist(), key=lambda j: frames[j]):
+            grown = max(longest, frames[i]) * (len(cur) + 1)
+            if cur and (len(cur) == batch_size or (max_batch_frames and grown > max_batch_frames)):
+                batches.append(cur)
+                cur, longest = [], 0
+            cur.append(i)
+            longest = max(longest, frames[i])
+        batches.append(cur)
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def crop(item: dict, max_frames: int | None, rng=None) -> dict:
+    """Cut an item to at most ``max_frames`` mel frames (random start from ``rng``, else the start);
+    content and source are cut to the same share of their length."""
+    t = len(item["mel"])
+    if max_frames is None or t <= max_frames:
+        return item
+    a = int(rng.integers(0, t - max_frames + 1)) if rng is not None else 0
+    b = a + max_frames
+
+    def share(x):
+        n = len(x)
+        lo = min(int(math.floor(a / t * n)), n - 1)
+        return x[lo:max(lo + 1, min(n, int(math.ceil(b / t * n))))]
+
+    return {**item, "mel": item["mel"][a:b], "f0": item["f0"][a:b], "content": share(item["content"]),
+            "source": share(item["source"])}
+
+
+def collate(items: list[dict], device) -> dict:
+    """Pad items into a batch: mel [B, T, M], f0 [B, T], content [B, Tc, D], speaker [B, S],
+    source [B, Ts, M] and lengths / content_lengths / source_lengths [B] (long)."""
+    def pad(key):
+        xs = [torch.from_numpy(np.ascontiguousarray(it[key])) for it in items]
+        out = xs[0].new_zeros((len(xs), max(len(x) for x in xs), *xs[0].shape[1:]))
+        for i, x in enumerate(xs):
+            out[i, :len(x)] = x
+        return out.to(device), torch.tensor([len(x) for x in xs], device=device)
+
+    (mel, lengths), (f0, _), (content, content_lengths), (source, source_lengths) = map(
+        pad, ("mel", "f0", "content", "source"))
+    speaker = torch.from_numpy(np.stack([it["speaker"] for it in items])).to(device)
+    return dict(mel=mel, f0=f0, content=content, speaker=speaker, source=source, lengths=lengths,
+                content_lengths=content_lengths, source_lengths=source_lengths)
+
+
+def source_rhythm(model: AlignSTS, batch: dict) -> dict:
+    """w/o rhythm adaptor: the source mel's rhythm curve [B, Ts] for forward/infer; {} otherwise."""
+    c = model.config
+    if c.use_rhythm_adaptor:
+        return {}
+    r = rhythm_curve(batch["source"], c.rhythm_beta, c.rhythm_sigma, batch["source_lengths"], log_base=c.mel_log_base)
+    return {"source_rhythm": r, "source_rhythm_lengths": batch["source_lengths"]}
+
+
+def compute_losses(model: AlignSTS, batch: dict) -> dict:
+    out = model(batch["mel"], batch["content"], batch["speaker"], batch["f0"], lengths=batch["lengths"],
+                content_lengths=batch["content_lengths"], **source_rhythm(model, batch))
+    return out["losses"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files of the run folder
+# ---------------------------------------------------------------------------------------------
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+class CsvLog:
+    """A CSV kept in memory and rewritten atomically on ``flush``; resuming keeps rows up to a step."""
+
+    def __init__(self, path: Path, columns: list[str], keep_upto: int | None):
+        self.path, self.columns, self.rows = path, columns, []
+        if keep_upto is not None and path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            if lines and lines[0].split(",") == columns:
+                for line in lines[1:]:
+                    parts = line.split(",")
+                    if len(parts) == len(columns) and parts[0].isdigit() and int(parts[0]) <= keep_upto:
+                        self.rows.append(line)
+        self.flushed = time.monotonic()
+
+    def add(self, row: dict) -> None:
+        self.rows.append(",".join(str(row[c]) if isinstance(row[c], int) else f"{row[c]:.6g}" for c in self.columns))
+
+    def flush(self) -> None:
+        _write_text(self.path, "\n".join([",".join(self.columns), *self.rows]) + "\n")
+        self.flushed = time.monotonic()
+
+
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first: (step, folder)."""
+    found = []
+    for p in (run / "checkpoints").glob("step_*"):
+        m = re.fullmatch(r"step_(\d+)", p.name)
+        if m and all((p / f).is_file() for f in ("trainer.pt", "model.safetensors", "config.json")):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(run: Path, step: int, model: AlignSTS, trainer: dict, keep: int) -> Path:
+    """Write checkpoints/step_<step>/ (model + trainer.pt) via a hidden folder, point ``last`` at it,
+    and drop the oldest beyond ``keep`` (0 = keep all)."""
+    folder = run / "checkpoints"
+    final, tmp = folder / f"step_{step}", folder / f".step_{step}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    torch.save(trainer, tmp / "trainer.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_text(run / "last", f"checkpoints/{final.name}\n")
+    if keep:
+        for _, old in checkpoints(run)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer(folder: Path) -> dict:
+    """trainer.pt of a checkpoint folder (plain tensors and dicts; loaded with weights_only=True)."""
+    try:
+        state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise AlignSTSError(f"{folder}/trainer.pt: unreadable ({exc}); delete this checkpoint to resume "
+                            "from the one before") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINER_FORMAT:
+        raise AlignSTSError(f"{folder}/trainer.pt: not an alignsts trainer state")
+    return state
+
+
+def export_voice(run: Path, model: AlignSTS, vocoder) -> Path:
+    """run/voice/acoustic (the current model) and, once, run/voice/vocoder (the sample vocoder)."""
+    from alignsts_cli.model.hifigan import save_vocoder
+
+    voice = run / "voice"
+    save_model(model, voice / "acoustic")  # each file replaced atomically
+    if vocoder is not None and not (voice / "vocoder" / "model.safetensors").exists():
+        tmp = voice / ".vocoder.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_vocoder(vocoder, tmp)
+        shutil.rmtree(voice / "vocoder", ignore_errors=True)
+        os.replace(tmp, voice / "vocoder")
+    return voice
+
+
+def load_sample_vocoder(spec: str | None, profile: str, device):
+    """The vocoder for samples and the exported voice: None, "auto" (the pretrained 16 kHz HiFi-GAN
+    for compact-16k, else None), "torchscript-16k", or a vocoder folder (model/hifigan.py format)."""
+    if spec == "auto":
+        spec = "torchscript-16k" if profile == "compact-16k" else None
+    if spec is None:
+        return None
+    from alignsts_cli.model.hifigan import load_torchscript_16k, load_vocoder
+
+    if spec == "torchscript-16k":
+        vocoder, _, vprofile = load_torchscript_16k()
+    else:
+        vocoder, _, vprofile = load_vocoder(spec)
+    if vprofile != profile:
+        raise AlignSTSError(f"vocoder {spec} is for audio profile {vprofile}, the model for {profile}; "
+                            "set the config's vocoder to one that matches (or null for no samples)")
+    return vocoder.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and samples (isolated from the training RNG, so they never change the training run)
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device, seed: int):
+    """Run a block with torch's RNGs seeded to ``seed``; the caller's RNG states are restored after."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def validate(model: AlignSTS, batches: list[dict], seed: int) -> dict:
+    """Mean loss terms over the valid batches (eval mode, fixed diffusion draws)."""
+    device = next(model.parameters()).device
+    sums, n = dict.fromkeys(LOSS_TERMS, 0.0), 0
+    was_training = model.training
+    model.eval()
+    with isolated_rng(device, seed):
+        for batch in batches:
+            losses = compute_losses(model, batch)
+            b = len(batch["lengths"])
+            for k in LOSS_TERMS:
+                sums[k] += float(losses[k]) * b
+            n += b
+    model.train(was_training)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def render_samples(model: AlignSTS, vocoder, items: list[tuple[str, dict]], folder: Path, seed: int,
+                   ground_truth: Path | None = None) -> list[Path]:
+    """Sing each valid item from its speech content and speaker (how the model is used) to its F0;
+    write folder/<id>.wav, and the true mel's resynthesis to ground_truth/<id>.wav when missing."""
+    from alignsts_cli.audio import save_audio
+
+    device = next(model.parameters()).device
+    c = model.config
+    folder.mkdir(parents=True, exist_ok=True)
+    sr = vocoder.config.sample_rate
+    written = []
+    with isolated_rng(device, seed):
+        for item_id, item in items:
+            batch = collate([item], device)
+            noise = torch.randn(c.diffusion_steps + 1, 1, 1, c.n_mels, len(item["mel"])).to(device)
+            out = model.infer(batch["content"], batch["speaker"], batch["f0"], noise, **source_rhythm(model, batch))
+            audio = vocoder.synthesize(out["mel"][0], batch["f0"][0])
+            written.append(save_audio(folder / f"{item_id}.wav", audio, sr, overwrite=True))
+            if ground_truth is not None and not (ground_truth / f"{item_id}.wav").exists():
+                ground_truth.mkdir(parents=True, exist_ok=True)
+                save_audio(ground_truth / f"{item_id}.wav", vocoder.synthesize(batch["mel"][0], batch["f0"][0]), sr)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AlignSTSError("device cuda: no CUDA GPU is available to torch here; use cpu or auto")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+#: Settings a resumed run must keep: they shape the optimizer state, the schedule or the data order.
+FIXED_ON_RESUME = ("mode", "lr", "lr_scale", "warmup", "min_lr", "betas", "weight_decay", "seed", "batch_size",
+                   "max_batch_frames", "max_frames")
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AlignSTSError("device cuda: no CUDA GPU is available to torch here; use cpu or auto")
+    return torch.device(name)
+
+
+def _check_resumable(folder: Path, model: AlignSTS, mcfg: AlignSTSConfig, state: dict, config: TrainConfig):
+    ours, theirs = model.config.to_dict(), mcfg.to_dict()
+    ours.pop("extra"), theirs.pop("extra")
+    changed = sorted(k for k in ours if ours[k] != theirs[k])
+    before = TrainConfig.from_dict(json.loads(state["train_config"])).to_dict()
+    changed += sorted(k for k in FIXED_ON_RESUME if before[k] != config.to_dict()[k])
+    if changed:
+        raise AlignSTSError(f"{folder}: the config changes {', '.join(changed)} from the run's; resume with the "
+                            "run's train_config.json (steps, intervals, samples and device may change) or "
+                            "start another output folder")
+
+
+def train(cache: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None, *,
+          resume: bool = True, progress=None) -> dict:
+    """Train AlignSTS on ``cache`` (a prepared cache folder) into the run folder ``out``.
+
+    config: the TrainConfig; None reuses ``out/train_config.json`` (resuming) or the defaults.
+    resume: continue from the newest checkpoint in ``out`` (weights, optimizer, scheduler, data
+    position and RNG states); with False, a folder that already holds checkpoints is refused.
+    progress: called as ``progress(step, steps, info)`` after every step; info holds ``lr`` and the
+    step's loss terms, plus ``valid`` (dict) after a validation and ``checkpoint`` (Path) after a save.
+
+    Returns {"step", "run", "checkpoint", "voice", "parameters", "train_items", "valid_items",
+    "resumed_from", "seconds_per_step", "losses" (last log row), "valid" (last validation), "notes"}.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _train(cache, out, config, resume, progress)
+    finally:
+        torch.set_num_threads(threads)  # config.num_threads applies to the run only
+
+
+def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> dict:
+    run = Path(out).expanduser()
+    if run.exists() and not run.is_dir():
+        raise AlignSTSError(f"{run}: is a file; give a folder for the training run")
+    done = checkpoints(run) if run.is_dir() else []
+    if done and not resume:
+        raise AlignSTSError(f"{run} already holds a training run (step {done[-1][0]}); resume it or choose "
+                            "another output folder")
+    if config is None:
+        saved = run / "train_config.json"
+        config = TrainConfig.load(saved) if saved.exists() else TrainConfig()
+    data = read_cache(cache)
+    mcfg = config.model_config(data.meta)
+    check_compatible(data, mcfg)
+    train_items, valid_items = data.split("train"), data.split("valid")
+    if not train_items:
+        raise AlignSTSError(f"{data.root}: the cache has no train items (of {MIN_FRAMES}+ frames); "
+                            f"{PREPARE_HINT} with a train split")
+    notes = []
+    if not valid_items:
+        notes.append("the cache has no valid split: no validation loss and no samples")
+    short = sum(1 for it in data.items if int(it.get("frames", 0)) < MIN_FRAMES)
+    if short:
+        notes.append(f"{short} item(s) under {MIN_FRAMES} frames were left out")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = _pick_device(config.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+
+    # -- model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them ---------
+    torch.manual_seed(config.seed)
+    state = None
+    if done:
+        model = load_model(done[-1][1])
+        state = load_trainer(done[-1][1])
+        _check_resumable(done[-1][1], model, mcfg, state, config)
+    else:
+        mcfg.extra = {**mcfg.extra, "training": {"mode": config.mode, "cache": str(data.meta.get("source", ""))}}
+        model = AlignSTS(mcfg)
+    model.to(device).train()
+    peak = config.peak_lr(model.config.hidden)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak, betas=config.betas, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(lr_factor(s, config.warmup),
+                                                                          config.min_lr / peak))
+    step, epoch, index, elapsed = 0, 0, 0, 0.0  # updates done; position in the data; seconds so far
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        step, epoch, index, elapsed = state["step"], state["epoch"], state["batch"], state["elapsed"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    first_step = step
+
+    # -- run folder, logs, validation data, vocoder ----------------------------------------------
+    run.mkdir(parents=True, exist_ok=True)
+    config.save(run / "train_config.json")
+    log = CsvLog(run / "log.csv", ["step", "time", "lr", *LOSS_TERMS, "grad_norm"], step if state else None)
+    vlog = CsvLog(run / "valid.csv", ["step", "time", *LOSS_TERMS], step if state else None)
+    with isolated_rng(torch.device("cpu"), config.seed):  # building a vocoder draws random numbers
+        vocoder = load_sample_vocoder(config.vocoder, model.config.audio_profile, device)
+    if vocoder is None:
+        notes.append(f"no vocoder for profile {model.config.audio_profile}: no samples, and run/voice has no "
+                     "vocoder/; set the config's vocoder to a vocoder folder")
+    by_id = sorted(valid_items, key=lambda it: it["id"])
+    valid = sorted((crop(data.load(it, config.mode), config.max_frames) for it in by_id[:config.valid_max_items]),
+                   key=lambda x: len(x["mel"]))
+    valid_batches = [collate(valid[i:i + config.batch_size], device) for i in range(0, len(valid), config.batch_size)]
+    samples = []  # always sung from the speech, as the model is used, whatever the training mode
+    if vocoder is not None:
+        samples = [(it["id"], crop(data.load(it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
+    frames = [min(int(it["frames"]), config.max_frames or 10**9) for it in train_items]
+
+    # -- the loop ----------------------------------------------------------------------------------
+    t_start = time.monotonic()
+    sums, count = dict.fromkeys([*LOSS_TERMS, "grad_norm"], 0.0), 0
+    last_row = last_valid = None
+    checkpoint = done[-1][1] if done else None
+    plan_epoch, batches = None, []
+    while step < config.steps:
+        if plan_epoch != epoch:
+            batches = make_batches(frames, config.batch_size, config.max_batch_frames,
+                                   np.random.default_rng([config.seed, epoch]))
+            plan_epoch = epoch
+        crop_rng = np.random.default_rng([config.seed, epoch, index, 1])
+        batch = collate([crop(data.load(train_items[i], config.mode), config.max_frames, crop_rng)
+                         for i in batches[index]], device)
+        lr = optimizer.param_groups[0]["lr"]
+        losses = compute_losses(model, batch)
+        if not torch.isfinite(losses["total"]):
+            raise AlignSTSError(f"training diverged at step {step + 1} (loss {float(losses['total'])}); "
+                                "lower lr, or resume from an earlier checkpoint")
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        step, index = step + 1, index + 1
+        if index == len(batches):
+            epoch, index = epoch + 1, 0
+        now = elapsed + time.monotonic() - t_start
+
+        info = {"lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
+        for k in LOSS_TERMS:
+            sums[k] += info[k]
+        sums["grad_norm"] += float(grad_norm)
+        count += 1
+        if step % config.log_every == 0 or step == config.steps:
+            last_row = {"step": step, "time": now, "lr": lr, **{k: v / count for k, v in sums.items()}}
+            log.add(last_row)
+            sums, count = dict.fromkeys(sums, 0.0), 0
+            if time.monotonic() - log.flushed > LOG_FLUSH_SECONDS:
+                log.flush()
+        is_ckpt = step % config.ckpt_every == 0 or step == config.steps
+        if valid_batches and (is_ckpt or step % config.valid_every == 0):
+            last_valid = info["valid"] = {"step": step, "time": now, **validate(model, valid_batches, config.seed)}
+            vlog.add(last_valid)
+            vlog.flush()
+        if is_ckpt:
+            trainer = {
+                "format": TRAINER_FORMAT, "version": TRAINER_VERSION, "step": step, "epoch": epoch, "batch": index,
+                "elapsed": now, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                "train_config": json.dumps(config.to_dict()),
+            }
+            checkpoint = info["checkpoint"] = save_checkpoint(run, step, model, trainer, config.keep_checkpoints)
+            if samples:
+                render_samples(model, vocoder, samples, run / "samples" / f"step_{step}", config.seed,
+                               ground_truth=run / "samples" / "ground_truth")
+            export_voice(run, model, vocoder)
+            log.flush()
+        if progress is not None:
+            progress(step, config.steps, info)
+
+    if step == first_step:
+        notes.append(f"the run is already at step {step} of {config.steps}: raise steps to train further")
+    session = time.monotonic() - t_start
+    return {
+        "step": step, "run": run, "checkpoint": checkpoint, "voice": run / "voice",
+        "parameters": sum(p.numel() for p in model.parameters()), "train_items": len(train_items),
+        "valid_items": len(valid_items), "resumed_from": first_step if state is not None else None,
+        "seconds_per_step": session / (step - first_step) if step > first_step else None,
+        "losses": last_row, "valid": last_valid, "notes": notes,
+    }

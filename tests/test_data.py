@@ -1,0 +1,306 @@
+"""Datasets, splits, the prepared cache and its torch batches."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from alignsts_cli import corpus as C
+from alignsts_cli import data as D
+from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.features import content_frames
+from alignsts_cli.melody import extract_f0, load_midi
+from alignsts_cli.profiles import get_profile
+from conftest import vowel
+
+
+def wav(path, f0=200.0, seconds=0.6, sr=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, vowel(f0, seconds, sr), sr)
+    return path
+
+
+def write_csv(folder, rows, header=("id", "speaker", "speech", "singing", "lyrics", "song")):
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_read_csv_manifest(tmp_path):
+    wav(tmp_path / "sp" / "a.wav"), wav(tmp_path / "si" / "tune-a.wav"), wav(tmp_path / "sp" / "b.wav")
+    write_csv(tmp_path, [("a", "anna", "sp/a.wav", "si/tune-a.wav", "hello there", ""),
+                         ("b", "ben", "sp/b.wav", str(tmp_path / "si" / "tune-a.wav"), "", "twinkle"),
+                         ("", "", "", "", "", "")])  # blank rows are skipped
+    items = D.read_dataset(tmp_path)
+    assert [it.id for it in items] == ["a", "b"]
+    a, b = items
+    assert a.speaker == "anna" and a.speech == tmp_path / "sp" / "a.wav" and a.text == "hello there"
+    assert a.song == "tune-a" and b.song == "twinkle" and a.split is None
+    assert D.read_any(tmp_path)[0].id == "a"
+
+
+def test_read_json_manifest(tmp_path):
+    wav(tmp_path / "s.wav"), wav(tmp_path / "g.wav")
+    row = {"id": "x1", "speaker": "zoe", "speech": "s.wav", "singing": "g.wav", "lyrics": "la la", "split": "test"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"items": [row]}))
+    (it,) = D.read_dataset(tmp_path)
+    assert (it.id, it.speaker, it.text, it.split, it.song) == ("x1", "zoe", "la la", "test", "g")
+    (tmp_path / "manifest.json").write_text(json.dumps([row]))
+    assert D.read_dataset(tmp_path)[0].id == "x1"
+
+
+@pytest.mark.parametrize("rows,header,message", [
+    ([("a", "anna", "s.wav", "g.wav")], ("id", "speaker", "speech"), r"lacks singing"),
+    ([("a", "anna", "missing.wav", "g.wav")], None, r"line 2 \(id 'a'\): speech file .*missing.wav not found"),
+    ([("a", "", "s.wav", "g.wav")], None, r"line 2: field 'speaker' is empty"),
+    ([("a", "anna", "s.wav", "g.wav"), ("a", "anna", "s.wav", "g.wav")], None, r"line 3: id 'a' is used twice"),
+    ([("a/b", "anna", "s.wav", "g.wav")], None, r"cannot name a file"),
+    ([("a", "anna", "s.wav", "g.wav", "train"), ("b", "anna", "s.wav", "g.wav", "")],
+     ("id", "speaker", "speech", "singing", "split"), r"split for 1 of 2 items"),
+    ([("a", "anna", "s.wav", "g.wav", "dev")], ("id", "speaker", "speech", "singing", "split"), r"split 'dev'"),
+])
+def test_manifest_errors_name_the_problem(tmp_path, rows, header, message):
+    wav(tmp_path / "s.wav"), wav(tmp_path / "g.wav")
+    write_csv(tmp_path, rows, header or ("id", "speaker", "speech", "singing"))
+    with pytest.raises(AlignSTSError, match=message):
+        D.read_dataset(tmp_path)
+
+
+def test_missing_or_double_manifest(tmp_path):
+    with pytest.raises(AlignSTSError, match="no manifest.csv or manifest.json"):
+        D.read_dataset(tmp_path)
+    write_csv(tmp_path, [])
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(AlignSTSError, match="both manifest.csv and manifest.json"):
+        D.read_dataset(tmp_path)
+    (tmp_path / "manifest.csv").unlink()
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(AlignSTSError, match="not valid JSON"):
+        D.read_dataset(tmp_path)
+
+
+def gtsinger_tree(root):
+    """A small tree laid out like GTSinger: Language/Singer/Technique/Song/<Group>/NNNN.wav + .json."""
+    words = [{"word": "<SP>"}, {"word": "my"}, {"word": "love"}, {"word": "<AP>"}]
+    layout = {
+        ("English", "EN-Alto-1", "Breathy", "my love"): ["0000", "0001"],
+        ("English", "EN-Alto-1", "Vibrato", "far away"): ["0000"],
+        ("English", "EN-Tenor-1", "Breathy", "my love"): ["0000"],
+    }
+    for (lang, singer, tech, song), idx in layout.items():
+        base = root / lang / singer / tech / song
+        for i in idx:
+            for group in ("Control_Group", f"{tech}_Group", "Paired_Speech_Group"):
+                wav(base / group / f"{i}.wav")
+                (base / group / f"{i}.json").write_text(json.dumps(words))
+    wav(root / "English" / "EN-Tenor-1" / "Breathy" / "my love" / "Paired_Speech_Group" / "0005.wav")  # no singing
+    (root / "English" / "EN-Tenor-1" / "Breathy" / "my love" / "Control_Group" / "0000.TextGrid").write_text("")
+    return root
+
+
+def test_read_gtsinger(tmp_path):
+    root = gtsinger_tree(tmp_path / "GTSinger")
+    items = D.read_gtsinger(root)
+    assert len(items) == 4
+    assert D.is_gtsinger(root) and [it.id for it in D.read_any(root)] == [it.id for it in items]
+    first = items[0]
+    assert first.id == "EN-Alto-1_Breathy_my_love_Control_0000"
+    assert first.speaker == "EN-Alto-1" and first.song == "my love" and first.text == "my love"
+    assert first.speech.parent.name == "Paired_Speech_Group" and first.singing.parent.name == "Control_Group"
+    assert first.speech.name == first.singing.name
+    assert first.extra == {"language": "English", "technique": "Breathy", "group": "Control_Group"}
+    assert {it.speaker for it in items} == {"EN-Alto-1", "EN-Tenor-1"}
+    both = D.read_gtsinger(root / "English" / "EN-Alto-1", groups=("Control_Group", "Breathy_Group"))
+    assert len(both) == 5 and sum(it.singing.parent.name == "Breathy_Group" for it in both) == 2
+    with pytest.raises(AlignSTSError, match="no GTSinger pairs"):
+        D.read_gtsinger(tmp_path / "GTSinger" / "English" / "EN-Alto-1" / "Vibrato" / "far away" / "Control_Group")
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def fake_items(n_speakers=8, n_songs=12, per=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return [D.Item(f"i{k}", f"spk{rng.integers(n_speakers)}", D.Path("s.wav"), D.Path("g.wav"),
+                   song=f"song{rng.integers(n_songs)}") for k in range(per * 5)]
+
+
+def test_split_has_no_leaks():
+    items = fake_items()
+    parts = D.split_items(items, seed=1, valid_fraction=0.1, test_fraction=0.1)
+    assert sorted(it.id for p in parts.values() for it in p) == sorted(it.id for it in items)
+    train, test = parts["train"], parts["test"]
+    assert test and train and parts["valid"]
+    assert not {it.speaker for it in test} & {it.speaker for it in train}
+    assert not {it.song for it in test} & {it.song for it in train}
+    assert len(test) >= 0.1 * len(items) - 1
+    assert len(parts["valid"]) >= 0.1 * len(items) - 1
+    again = D.split_items(items, seed=1)
+    assert [it.id for it in again["test"]] == [it.id for it in test]
+    assert [it.id for it in D.split_items(items, seed=2)["test"]] != [it.id for it in test]
+
+
+def test_split_honours_the_manifest_but_never_leaks():
+    mk = lambda i, spk, song, split: D.Item(i, spk, D.Path("s"), D.Path("g"), song=song, split=split)  # noqa: E731
+    items = [mk("a", "x", "s1", "train"), mk("b", "y", "s2", "test"), mk("c", "x", "s3", "test"),
+             mk("d", "z", "s1", "test"), mk("e", "y", "s4", "valid")]
+    parts = D.split_items(items)
+    assert [it.id for it in parts["test"]] == ["b"]  # c shares its speaker, d its song with train
+    assert [it.id for it in parts["valid"]] == ["e", "c", "d"]
+    with pytest.raises(AlignSTSError, match="one speaker"):
+        D.split_items([mk(str(i), "x", f"s{i}", None) for i in range(5)])
+
+
+# --------------------------------------------------------------------------- prepare and the cache
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    if C.shutil.which("festival") is None:
+        pytest.fail("Festival is not installed; run `bash scripts/install-festival.sh`")
+    C.make_corpus(out, seed=1, voices=4, sentences=4, melodies=3, items=6)
+    # One more item whose speech is silent: prepare must leave it out and say why.
+    sf.write(out / "speech" / "silent.wav", np.zeros(16000, np.float32), 16000)
+    with open(out / "manifest.csv", newline="") as fh:
+        train = next(r for r in csv.DictReader(fh) if r["split"] == "train")
+    with open(out / "manifest.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(["zz-silent", train["speaker"], "speech/silent.wav", train["singing"],
+                                 "nothing", train["song"], "train", ""])
+    return out
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cache(corpus, tmp_path_factory):
+    """Prepared in two runs: the first is interrupted after two items, the second resumes."""
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    seen = []
+
+    def stop_after_two(done, total, item_id):
+        seen.append(item_id)
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        D.prepare(corpus, out, progress=stop_after_two)
+    assert len(list((out / "items").glob("*.npz"))) == 2
+    assert not list((out / "items").glob(".*"))  # no partial files left behind
+    assert not (out / "items.json").exists()
+    with pytest.raises(AlignSTSError, match="unfinished"):
+        D.load_cache(out)
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "items").glob("*.npz")}
+    calls = []
+    res = D.prepare(corpus, out, progress=lambda d, t, i: calls.append((d, t, i)))
+    assert res.reused == 2 and res.computed == 4 and res.items == 6  # + 1 failed
+    assert [c[2] for c in calls[:2]] == seen and calls[-1][:2] == (7, 7)
+    assert {p: (out / "items" / p).stat().st_mtime_ns for p in first} == first  # done items not redone
+    assert res.failed and res.failed[0][0] == "zz-silent" and "silent" in res.failed[0][1]
+    return out
+
+
+def test_cache_json_and_items(cache, corpus):
+    info, items = D.load_cache(cache)
+    for key, value in {"format": "alignsts-cache", "version": 1, "profile": "compact-16k", "content_kind": "mfcc",
+                       "content_dim": 20, "speaker_dim": 256, "items": 6}.items():
+        assert info[key] == value
+    assert info["source"] == str(corpus.resolve())
+    assert info["failed"][0]["id"] == "zz-silent"
+    assert len(items) == 6 and {it["split"] for it in items} == {"train", "valid", "test"}
+    with open(corpus / "manifest.csv", newline="") as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+    for it in items:
+        r = rows[it["id"]]
+        fields = ("speaker", "song", "text", "split")
+        assert [it[k] for k in fields] == [r["lyrics" if k == "text" else k] for k in fields]
+        assert it["singing"] == str(corpus / r["singing"]) and it["speech"] == str(corpus / r["speech"])
+
+
+def test_item_arrays(cache, corpus):
+    p = get_profile("compact-16k")
+    _, items = D.load_cache(cache)
+    for it in items:
+        with np.load(cache / "items" / f"{it['id']}.npz") as z:
+            a = {k: z[k] for k in z.files}
+        assert set(a) == set(D.ITEM_ARRAYS) and all(v.dtype == np.float32 for v in a.values())
+        sing, sr = sf.read(it["singing"], dtype="float32")
+        speech, _ = sf.read(it["speech"], dtype="float32")
+        assert sr == p.sample_rate
+        T = p.num_frames(len(sing))
+        assert a["mel"].shape == (T, 80) and a["f0"].shape == (T,) and it["frames"] == T
+        assert a["speech_mel"].shape == (p.num_frames(len(speech)), 80)
+        assert a["content"].shape == (content_frames(len(speech) / sr), 20) == (it["content_frames"], 20)
+        assert a["sing_content"].shape == (content_frames(len(sing) / sr), 20) == (it["sing_content_frames"], 20)
+        for key in ("speaker", "sing_speaker"):
+            assert a[key].shape == (256,) and np.linalg.norm(a[key]) == pytest.approx(1.0, abs=1e-3)
+        assert np.all(np.isfinite(a["mel"])) and a["mel"].min() >= p.log_floor - 1e-4
+        # F0 on the mel grid: f0[t] is the pitch at t·hop, so the middle of every note carries its pitch.
+        assert np.array_equal(a["f0"], extract_f0(sing, sr, hop=0.01)[0][:T].astype(np.float32))
+        notes = load_midi(corpus / "melody" / f"{it['id']}.mid").notes
+        t = np.arange(T) * p.hop_length / p.sample_rate
+        voiced_share = []
+        for n in notes:
+            sel = (t > n.start + 0.3 * n.duration) & (t < n.end - 0.3 * n.duration)
+            voiced = a["f0"][sel][a["f0"][sel] > 0]
+            voiced_share.append(len(voiced) / max(sel.sum(), 1))
+            if len(voiced) >= 3:  # consonants take part of the short notes
+                assert abs(1200 * np.log2(np.median(voiced) / (440 * 2 ** ((n.pitch - 69) / 12)))) < 30
+        assert np.mean(voiced_share) > 0.7
+        assert np.all(a["f0"][t < 0.05] == 0)  # the silent lead-in is unvoiced
+
+
+def test_prepare_refuses_other_settings(cache, corpus):
+    with pytest.raises(AlignSTSError, match="content_dim 20, not 13"):
+        D.prepare(corpus, cache, content_dim=13)
+
+
+def test_dataset_and_collate(cache):
+    p = get_profile("compact-16k")
+    _, items = D.load_cache(cache)
+    ds = D.CacheDataset(cache, "train")
+    want = [it for it in items if it["split"] == "train"]
+    assert len(ds) == len(want) >= 2
+    s = ds[0]
+    assert s["id"] == want[0]["id"] and s["mel"].shape == (want[0]["frames"], 80)
+    loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), collate_fn=ds.collate)
+    b = next(iter(loader))
+    B = len(ds)
+    frames = torch.tensor([it["frames"] for it in want])
+    assert torch.equal(b["lengths"], frames)
+    assert torch.equal(b["content_lengths"], torch.tensor([it["content_frames"] for it in want]))
+    assert torch.equal(b["sing_content_lengths"], torch.tensor([it["sing_content_frames"] for it in want]))
+    assert torch.equal(b["speech_lengths"], torch.tensor([it["speech_frames"] for it in want]))
+    assert b["mel"].shape == (B, int(frames.max()), 80) and b["f0"].shape == (B, int(frames.max()))
+    assert b["content"].shape == (B, int(b["content_lengths"].max()), 20)
+    assert b["speaker"].shape == b["sing_speaker"].shape == (B, 256)
+    assert b["speech_mel"].shape == (B, int(b["speech_lengths"].max()), 80)
+    assert b["ids"] == [it["id"] for it in want]
+    short = int(frames.argmin())
+    n = int(frames[short])
+    assert torch.equal(b["mel"][short, :n], ds[short]["mel"])
+    if n < b["mel"].shape[1]:
+        assert torch.all(b["mel"][short, n:] == p.log_floor) and torch.all(b["f0"][short, n:] == 0)
+    assert len(D.CacheDataset(cache, ["valid", "test"])) == len(items) - len(want)
+    assert len(D.CacheDataset(cache, "train", max_frames=int(frames.min()))) == int((frames == frames.min()).sum())
+    with pytest.raises(AlignSTSError, match="unknown split"):
+        D.CacheDataset(cache, "dev")
+
+
+def test_load_cache_errors(tmp_path, cache):
+    with pytest.raises(AlignSTSError, match="not a prepared cache"):
+        D.load_cache(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(cache, broken)
+    (broken / "items" / f"{D.load_cache(cache)[1][0]['id']}.npz").unlink()
+    with pytest.raises(AlignSTSError, match="run `alignsts prepare` again"):
+        D.CacheDataset(broken, ["train", "valid", "test"])[0]
