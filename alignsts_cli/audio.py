@@ -95,6 +95,11 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
 
 
+def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
+    """``audio`` cut or zero-padded to exactly ``n`` samples (Praat's resynthesis can differ by a few)."""
+    return audio[:n] if len(audio) >= n else np.pad(audio, (0, n - len(audio)))
+
+
 def loudest_dbfs(audio: np.ndarray, sr: int, window_s: float = 0.05) -> float:
     """RMS level (dBFS) of the loudest ``window_s`` stretch of ``[n]`` audio."""
     win = max(1, int(sr * window_s))

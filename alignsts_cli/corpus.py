@@ -54,6 +54,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alignsts_cli.audio import fit_length
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.files import atomic_output, check_output_path
 
@@ -678,9 +679,7 @@ def _transform_voice(audio, formant, pitch, floor, ceiling):
         call(dur, "Add point", snd.xmin, float(formant))
         call([man, dur], "Replace duration tier")
     out = call(man, "Get resynthesis (overlap-add)").values[0]
-    n = len(audio)
-    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
-    return out.astype(np.float32)
+    return fit_length(out, len(audio)).astype(np.float32)
 
 
 def _level(audio: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alignsts_cli.audio import fit_length
 from alignsts_cli.errors import AlignSTSError
 
 CONTENT_SR = 16000
@@ -36,9 +37,7 @@ def flatten_pitch(audio: np.ndarray, sr: int, target_hz: float, floor: float = 6
     call(tier, "Add point", snd.xmax, float(target_hz))
     call([man, tier], "Replace pitch tier")
     out = call(man, "Get resynthesis (overlap-add)").values[0]
-    n = len(audio)
-    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
-    return out.astype(np.float32)
+    return fit_length(out, len(audio)).astype(np.float32)
 
 
 def mfcc_content(audio16: np.ndarray, n_mfcc: int) -> np.ndarray:

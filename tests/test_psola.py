@@ -81,8 +81,8 @@ def test_assignment_follows_durations():
 def test_vibrato_modulates_pitch(tmp_path):
     speech = espeak(tmp_path / "s.wav", "Hello there, my old friend.")
     melody = write_midi(tmp_path / "m.mid", [(0, 2, 50), (2, 2, 52), (4, 2, 50)], tempos=TEMPO_100)
-    plain = api.convert(speech, melody, tmp_path / "plain.wav")
-    vib = api.convert(speech, melody, tmp_path / "vib.wav", vibrato=50)
+    plain = api.convert(speech, melody, tmp_path / "plain.wav", engine="psola")
+    vib = api.convert(speech, melody, tmp_path / "vib.wav", engine="psola", vibrato=50)
 
     def spread(path):
         x, sr = sf.read(path, dtype="float32")

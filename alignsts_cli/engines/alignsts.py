@@ -5,7 +5,7 @@ speech ─► Resemblyzer speaker embedding [256]                 ├─► Alig
 melody ─► target F0 on the model's frame grid [T]             ┘
 
 A *voice model* is a folder with ``acoustic/`` (our AlignSTS format) and ``vocoder/``
-(our HiFi-GAN format), and optionally ``content/`` (a transformers wav2vec2 folder);
+(our HiFi-GAN format), each possibly a single ``.safetensors`` file, and optionally ``content/`` (a transformers wav2vec2 folder);
 without it the content model comes from ``weights.lock`` when the acoustic model's
 config asks for one. Long songs are cut at rests of the melody
 (and the matching pauses of the speech, found by the same syllable-to-note assignment
@@ -50,8 +50,21 @@ class VoiceModel:
     content: Path | None = None  # folder of the wav2vec2 model, when the acoustic model uses one
 
 
+def _voice_part(p: Path, name: str) -> Path | None:
+    """``p/name/`` (config + weights) or ``p/name.safetensors`` (one file, config in its metadata)."""
+    if (p / name).is_dir():
+        return p / name
+    if (p / f"{name}.safetensors").is_file():
+        return p / f"{name}.safetensors"
+    return None
+
+
 def _is_voice_folder(p: Path) -> bool:
-    return (p / "acoustic").is_dir() and (p / "vocoder").is_dir()
+    return _voice_part(p, "acoustic") is not None and _voice_part(p, "vocoder") is not None
+
+
+def _voice_in(p: Path, source: str) -> VoiceModel:
+    return VoiceModel(_voice_part(p, "acoustic"), _voice_part(p, "vocoder"), source)
 
 
 def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceModel:
@@ -68,10 +81,10 @@ def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceMo
             p = imported_model_dir(str(model))  # a name given to `alignsts import-checkpoint --name`
         if not _is_voice_folder(p):
             raise AlignSTSError(f"{p}: not a voice model (a folder with acoustic/ and vocoder/); check --model")
-        voice = VoiceModel(p / "acoustic", p / "vocoder", str(p))
+        voice = _voice_in(p, str(p))
     elif _is_voice_folder(imported_model_dir()):
         p = imported_model_dir()
-        voice = VoiceModel(p / "acoustic", p / "vocoder", f"imported ({p})")
+        voice = _voice_in(p, f"imported ({p})")
     else:
         acoustic, vocoder = W.find(comps, "acoustic"), W.find(comps, "vocoder")
         if acoustic is None or vocoder is None:
@@ -83,7 +96,7 @@ def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceMo
         v = W.resolve(vocoder, cache_dir=cache_dir)
         voice = VoiceModel(_part(a), _part(v), "bundled" if acoustic.bundled else "weights.lock")
     kind = _content_kind(voice.acoustic)
-    own_content = voice.acoustic.parent / "content"
+    own_content = voice.acoustic.parent / "content"  # the voice folder's, whether acoustic is a folder or a file
     if kind.startswith("wav2vec2") and (own_content / "config.json").is_file():
         voice.content = own_content  # a self-contained voice folder carries its content model
     elif kind.startswith("wav2vec2"):
@@ -388,6 +401,8 @@ def pitch_correct(wav: np.ndarray, sr: int, f0: np.ndarray, hop_s: float) -> np.
     import parselmouth
     from parselmouth.praat import call
 
+    from alignsts_cli.audio import fit_length
+
     voiced = f0 > 0
     if not voiced.any() or len(wav) < int(0.05 * sr):
         return wav
@@ -399,4 +414,4 @@ def pitch_correct(wav: np.ndarray, sr: int, f0: np.ndarray, hop_s: float) -> np.
         call(tier, "Add point", (i + 0.5) * hop_s, float(f0[i]))
     call([man, tier], "Replace pitch tier")
     out = call(man, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
-    return out[: len(wav)] if len(out) >= len(wav) else np.pad(out, (0, len(wav) - len(out)))
+    return fit_length(out, len(wav))
