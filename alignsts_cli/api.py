@@ -157,7 +157,68 @@ class Converter:
         overwrite: bool = False,
         progress: Progress | None = None,
     ) -> ConversionResult:
-        from alignsts_cli.audio import save_audio
+        """One conversion (see the module-level ``convert``)."""
+        step = progress or (lambda stage, frac: None)
+        job = self._prepare(speech, melody, output, melody_options, plot, overwrite, step)
+        if self.engine == "alignsts":
+            self._time(job, "model loading", lambda: self.neural)
+            step("singing (AlignSTS)", 0.2)
+            res = self.neural.sing(job.audio, job.sr, job.target, job.analysis, seed=0 if seed is None else seed,
+                                   progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac))
+            return self._finish(job, res, step)
+        return self._finish(job, self._psola(job, vibrato, step), step)
+
+    def convert_many(self, jobs, *, melody_options: MelodyOptions | None = None, vibrato: float = 0.0,
+                     seed: int | None = None, overwrite: bool = False):
+        """Convert ``jobs`` = [(speech, melody, output)]; yields (job, ConversionResult or the exception).
+
+        One failure never stops the others: an ``AlignSTSError`` is a problem with that file, any
+        other exception a bug met on it. The neural engine on CUDA sings up to four songs per
+        acoustic-model batch; elsewhere songs go one by one.
+        """
+        group = 4 if self.engine == "alignsts" and self.neural.device == "cuda" else 1
+        quiet = lambda stage, frac: None  # noqa: E731
+        for i in range(0, len(jobs), group):
+            ready = []
+            for job in jobs[i:i + group]:
+                prep = self._safely(lambda: self._prepare(*job, melody_options, None, overwrite, quiet))
+                if isinstance(prep, Exception):
+                    yield job, prep
+                else:
+                    ready.append((job, prep))
+            if not ready:
+                continue
+            if self.engine != "alignsts":
+                for job, prep in ready:
+                    yield job, self._safely(lambda: self._finish(prep, self._psola(prep, vibrato, quiet), quiet))
+                continue
+            results = self._safely(lambda: self.neural.sing_many(
+                [(p.audio, p.sr, p.target, p.analysis, 0 if seed is None else seed) for _, p in ready]))
+            if isinstance(results, Exception):
+                for job, _ in ready:
+                    yield job, results
+                continue
+            for (job, prep), res in zip(ready, results):
+                yield job, self._safely(lambda: self._finish(prep, res, quiet))
+
+    @staticmethod
+    def _safely(fn):
+        try:
+            return fn()
+        except Exception as exc:  # reported per file by convert_many's caller
+            return exc
+
+    @staticmethod
+    def _time(job, stage, fn):
+        import time
+
+        t0 = time.perf_counter()
+        out = fn()
+        job.timings[stage] = job.timings.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+    def _prepare(self, speech, melody, output, melody_options, plot, overwrite, step) -> "_Job":
+        """Check the outputs, read and check the inputs, analyse the speech, shape the melody."""
         from alignsts_cli.engines import psola
         from alignsts_cli.files import check_output_path
         from alignsts_cli.melody import load_melody
@@ -167,70 +228,72 @@ class Converter:
         out = check_output_path(output, inputs=inputs, overwrite=overwrite, suffixes=(".wav", ".flac"))
         if plot is not None:
             check_output_path(plot, inputs=inputs + (out,), overwrite=overwrite, suffixes=(".png",))
-        step = progress or (lambda stage, frac: None)
-
-        import time
-
-        timings: dict = {}
-        clock = time.perf_counter()
-
-        def lap(stage):
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = timings.get(stage, 0.0) + now - clock
-            clock = now
-
+        job = _Job(out=out, inputs=inputs, plot=plot, overwrite=overwrite)
         step("reading the melody", 0.0)
-        raw = load_melody(
-            melody,
-            options.kind,
-            track=options.track,
-            channel=options.channel,
-            pitch_bend=options.pitch_bend,
-            f0_units=options.f0_units,
-            confidence=options.confidence,
-        )
-        step("reading the speech", 0.05)
-        audio, sr = load_speech(speech)
-        lap("loading")
+
+        def read():
+            raw = load_melody(melody, options.kind, track=options.track, channel=options.channel,
+                              pitch_bend=options.pitch_bend, f0_units=options.f0_units, confidence=options.confidence)
+            step("reading the speech", 0.05)
+            return raw, load_speech(speech)
+
+        raw, (job.audio, job.sr) = self._time(job, "loading", read)
         step("analysing the speech", 0.1)
-        analysis = psola.analyse_speech(audio, sr)
-        target = prepare_for_voice(raw, options, analysis.median_f0)
-        lap("f0")
-        info: dict = {}
-        if self.engine == "alignsts":
-            engine = self.neural
-            lap("model loading")
-            step("singing (AlignSTS)", 0.2)
-            res = engine.sing(audio, sr, target, analysis, seed=0 if seed is None else seed,
-                              progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac))
-            song, out_sr = res.audio, res.sample_rate
-            info.update(chunks=len(res.chunks), syllables=len(analysis.syllables), notes=len(target.notes))
-            timings.update(res.timings)
-            clock = time.perf_counter()
+        job.analysis = self._time(job, "f0", lambda: psola.analyse_speech(job.audio, job.sr))
+        job.target = self._time(job, "f0", lambda: prepare_for_voice(raw, options, job.analysis.median_f0))
+        return job
+
+    def _psola(self, job: "_Job", vibrato: float, step):
+        from alignsts_cli.engines import psola
+
+        step("singing (psola)", 0.2)
+        return self._time(job, "psola", lambda: psola.sing(
+            job.audio, job.sr, job.target, psola.PsolaSettings(vibrato_cents=vibrato), analysis=job.analysis,
+            progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total)))
+
+    def _finish(self, job: "_Job", sung, step) -> ConversionResult:
+        """Write the song (and the plot); ``sung`` is psola's (audio, info) or a NeuralResult."""
+        from alignsts_cli.audio import save_audio
+
+        if isinstance(sung, tuple):
+            song, info = sung
+            out_sr = job.sr
         else:
-            step("singing (psola)", 0.2)
-            song, info = psola.sing(
-                audio, sr, target, psola.PsolaSettings(vibrato_cents=vibrato), analysis=analysis,
-                progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total),
-            )
-            out_sr = sr
-            lap("psola")
+            song, out_sr = sung.audio, sung.sample_rate
+            info = {"chunks": len(sung.chunks), "syllables": len(job.analysis.syllables),
+                    "notes": len(job.target.notes)}
+            job.timings.update(sung.timings)
         step("writing", 0.9)
-        save_audio(out, song, out_sr, overwrite=overwrite, inputs=inputs)
-        lap("writing")
-        info.update(target.info)
-        if plot is not None:
+        self._time(job, "writing", lambda: save_audio(job.out, song, out_sr, overwrite=job.overwrite,
+                                                      inputs=job.inputs))
+        info.update(job.target.info)
+        if job.plot is not None:
             from alignsts_cli import plot as plots
 
-            if self.engine == "alignsts":
-                plots.plot_neural(plot, res, self.neural.profile, overwrite=overwrite)
+            if isinstance(sung, tuple):
+                self._time(job, "plot", lambda: plots.plot_conversion(
+                    job.plot, job.audio, job.sr, song, job.target, job.analysis, overwrite=job.overwrite))
             else:
-                plots.plot_conversion(plot, audio, sr, song, target, analysis, overwrite=overwrite)
-            lap("plot")
-        info["timings"] = timings
+                self._time(job, "plot", lambda: plots.plot_neural(job.plot, sung, self.neural.profile,
+                                                                 overwrite=job.overwrite))
+        info["timings"] = job.timings
         step("done", 1.0)
-        return ConversionResult(out, len(song) / out_sr, out_sr, self.engine, target, info)
+        return ConversionResult(job.out, len(song) / out_sr, out_sr, self.engine, job.target, info)
+
+
+@dataclass
+class _Job:
+    """One conversion between reading its inputs and writing its output."""
+
+    out: Path
+    inputs: tuple
+    plot: str | os.PathLike | None
+    overwrite: bool
+    audio: np.ndarray | None = None
+    sr: int = 0
+    analysis: object = None
+    target: Melody | None = None
+    timings: dict = field(default_factory=dict)
 
 
 def convert(

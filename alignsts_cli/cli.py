@@ -233,26 +233,40 @@ def batch(
         transient=True, disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("converting", total=len(jobs))
+        todo = []
         for job in jobs:
-            bar.update(task, description=f"converting {job.speech.name}")
             if job.melody is None:
                 looked = ", ".join(job.speech.stem + s for s in MELODY_SUFFIXES[:4])
                 rows.append((job, "failed", None, f"no melody found (looked for {looked}, ...)"))
+                bar.advance(task)
             elif job.output.exists() and not overwrite:
                 rows.append((job, "skipped", None, "output exists (--overwrite to redo)"))
+                bar.advance(task)
             else:
-                try:
-                    res = converter.convert(
-                        job.speech, job.melody, job.output, melody_options=options, vibrato=vibrato, seed=seed,
-                        overwrite=overwrite,
-                    )
+                todo.append(job)
+        by_key = {(str(j.speech), str(j.melody), str(j.output)): j for j in todo}
+        try:
+            for (speech_path, melody_path, out_path), res in converter.convert_many(
+                [(j.speech, j.melody, j.output) for j in todo], melody_options=options, vibrato=vibrato, seed=seed,
+                overwrite=overwrite,
+            ):
+                job = by_key[(str(speech_path), str(melody_path), str(out_path))]
+                bar.update(task, description=f"converted {job.speech.name}")
+                if isinstance(res, AlignSTSError):
+                    rows.append((job, "failed", None, str(res)))
+                elif isinstance(res, Exception):
+                    rows.append((job, "failed", None, f"internal error ({type(res).__name__}: {res})"))
+                else:
                     rows.append((job, "ok", res.seconds, ""))
-                except AlignSTSError as exc:
-                    rows.append((job, "failed", None, str(exc)))
-                except Exception as exc:  # a bug in one file must not stop the others
+                bar.advance(task)
+        except Exception as exc:  # a bug must not hide what was already done
+            done = {id(r[0]) for r in rows}
+            for job in todo:
+                if id(job) not in done:
                     rows.append((job, "failed", None, f"internal error ({type(exc).__name__}: {exc})"))
-            bar.advance(task)
 
+    order = {id(j): k for k, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[id(r[0])])
     table = Table(title=f"alignsts batch: {folder}", show_lines=False)
     for col in ("speech", "melody", "result", "seconds", "output / reason"):
         table.add_column(col, overflow="fold")

@@ -208,12 +208,30 @@ def test_batched_chunks_match_one_by_one(tmp_path):
     for t, tc in ((120, 40), (90, 33)):
         f0 = np.where(np.arange(t) % 30 < 25, 220.0, 0.0).astype(np.float32)
         noise = torch.randn(5, 1, 1, 80, t, generator=torch.Generator().manual_seed(t))
-        items.append((rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None))
-    together = engine._acoustic(items, spk)
-    alone = [engine._acoustic([it], spk)[0] for it in items]
+        items.append((rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None, spk))
+    together = engine._acoustic(items)
+    alone = [engine._acoustic([it])[0] for it in items]
     for a, b in zip(together, alone):
         assert a["mel"].shape == b["mel"].shape
         assert np.max(np.abs(a["mel"] - b["mel"])) < 1e-3
+
+
+def test_songs_batched_together_match_alone(tmp_path):
+    """batch on CUDA puts the chunks of several songs in one acoustic call: same songs as one by one."""
+    from alignsts_cli.api import load_speech
+    from alignsts_cli.engines.psola import analyse_speech
+    from alignsts_cli.melody import load_midi
+
+    engine = _engine(tmp_path)
+    audio, sr = load_speech(SPEECH)
+    analysis = analyse_speech(audio, sr)
+    jobs = [(audio, sr, load_midi(write_midi(tmp_path / f"{k}.mid", notes)), analysis, k)
+            for k, notes in enumerate(([(0, 2, 48)], [(0, 1, 50), (1, 2, 53)], [(0, 3, 47)]))]
+    alone = [engine.sing(*job[:4], seed=job[4]).audio for job in jobs]
+    engine.batch_size = 4
+    together = [r.audio for r in engine.sing_many(jobs)]
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape and np.max(np.abs(a - b)) < 2e-3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: CPU/CUDA agreement not run")

@@ -242,6 +242,7 @@ class NeuralEngine:
         # the pretrained 16 kHz one sings low voices up to half a semitone sharp: such voices get their F0 set
         # to the target by PSOLA after vocoding (a small shift, nearly transparent).
         self.pitch_correct = (not vcfg.nsf) if pitch_correct is None else pitch_correct
+        self.batch_size = 4 if self.device == "cuda" else 1  # chunks per acoustic-model call
         self.torch = torch
 
     def _frames(self, seconds: float) -> int:
@@ -250,30 +251,54 @@ class NeuralEngine:
     def sing(self, audio: np.ndarray, sr: int, melody: Melody, analysis, *, seed: int = 0,
              progress=None) -> NeuralResult:
         """Sing ``[n]`` speech at ``sr`` to ``melody``; ``analysis`` is the psola engine's speech analysis."""
+        return self.sing_many([(audio, sr, melody, analysis, seed)], progress=progress)[0]
+
+    def sing_many(self, jobs, progress=None) -> list[NeuralResult]:
+        """Several songs at once: ``jobs`` = [(audio, sr, melody, analysis, seed)]. On CUDA the chunks of all
+        the songs share acoustic-model batches; every song gets what ``sing`` alone would give it."""
+        import time
+
+        step = progress or (lambda frac: None)
+        timings = [{"content": 0.0, "speaker": 0.0, "acoustic": 0.0, "vocoder": 0.0} for _ in jobs]
+        plans = []
+        for j, job in enumerate(jobs):
+            plans.append(self._plan(*job, timings[j]))
+            step(0.1 * (j + 1) / len(jobs))
+        items = [(j, k, item) for j, plan in enumerate(plans) for k, item in enumerate(plan["items"])]
+        outs: dict = {}
+        batch = self.batch_size
+        for i in range(0, len(items), batch):
+            group = items[i:i + batch]
+            t0 = time.perf_counter()
+            for (j, k, _), out in zip(group, self._acoustic([g[2] for g in group])):
+                outs[j, k] = out
+            for j in {g[0] for g in group}:  # shared batches: time split evenly between their songs
+                timings[j]["acoustic"] += (time.perf_counter() - t0) / len({g[0] for g in group})
+            step(0.1 + 0.6 * min(1.0, (i + batch) / len(items)))
+        results = []
+        for j, plan in enumerate(plans):
+            t0 = time.perf_counter()
+            results.append(self._render(plan, [outs[j, k] for k in range(len(plan["items"]))], timings[j]))
+            timings[j]["vocoder"] += time.perf_counter() - t0
+            step(0.7 + 0.3 * (j + 1) / len(plans))
+        return results
+
+    def _plan(self, audio, sr, melody, analysis, seed, timings) -> dict:
+        """Chunks, speaker embedding, content features, target F0 and noise draws of one song."""
+        import time
+
         torch = self.torch
         from alignsts_cli.audio import resample
         from alignsts_cli.features import CONTENT_SR, flatten_pitch
 
-        import time
-
         p = self.profile
-        step = progress or (lambda frac: None)
-        timings = {"content": 0.0, "speaker": 0.0, "acoustic": 0.0, "vocoder": 0.0}
-        clock = time.perf_counter()
-
-        def lap(stage):
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] += now - clock
-            clock = now
-
-        speech_seconds = len(audio) / sr
-        chunks = plan_chunks(melody, analysis.syllables, speech_seconds)
+        t0 = time.perf_counter()
+        chunks = plan_chunks(melody, analysis.syllables, len(audio) / sr)
         speaker = self.features.speaker(audio, sr)
-        lap("speaker")
+        t1 = time.perf_counter()
+        timings["speaker"] += t1 - t0
         flat16 = resample(flatten_pitch(audio, sr, analysis.median_f0, analysis.f0_floor, analysis.f0_ceiling),
                           sr, CONTENT_SR)
-        step(0.1)
         hop_s = p.hop_length / p.sample_rate
         total_frames = self._frames(melody.duration)
         f0_full = melody.frames(hop_s, total_frames)  # [T]
@@ -291,23 +316,18 @@ class NeuralEngine:
             noise = torch.randn(self.acoustic.config.diffusion_steps + 1, 1, 1, p.n_mels, len(f0), generator=gen)
             phases = torch.rand(1, self.vocoder.config.nsf_harmonics + 1, generator=gen)
             phases[:, 0] = 0
-            items.append((content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch)))
-        lap("content")
-        mels, codes, attn = [None] * len(items), [None] * len(items), None
-        batch = 4 if self.device == "cuda" else 1
-        for i in range(0, len(items), batch):
-            group = items[i:i + batch]
-            outs = self._acoustic(group, speaker)
-            for j, out in enumerate(outs):
-                mels[i + j], codes[i + j] = out["mel"], out["codes"]
-                if attn is None or out["attention"].shape[0] > attn.shape[0]:
-                    attn = out["attention"]
-            step(0.1 + 0.6 * min(1.0, (i + batch) / len(items)))
-        lap("acoustic")
-        song = np.zeros(total_frames * p.hop_length, dtype=np.float32)
+            items.append((content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch), speaker))
+        timings["content"] += time.perf_counter() - t1
+        return {"items": items, "chunks": chunks, "melody": melody, "f0": f0_full, "frames": total_frames, "gen": gen}
+
+    def _render(self, plan: dict, outs: list[dict], timings: dict) -> NeuralResult:
+        """Vocode one song's chunks and join them with cross-fades."""
+        p = self.profile
+        items = plan["items"]
+        song = np.zeros(plan["frames"] * p.hop_length, dtype=np.float32)
         fade = int(XFADE * p.sample_rate)
-        for k, (item, mel) in enumerate(zip(items, mels)):
-            wav = self._vocode(mel, item[1], item[3], gen)
+        for k, (item, out) in enumerate(zip(items, outs)):
+            wav = self._vocode(out["mel"], item[1], item[3], plan["gen"])
             if self.pitch_correct:
                 wav = pitch_correct(wav, p.sample_rate, item[1], p.hop_length / p.sample_rate)
             pos = item[4] * p.hop_length
@@ -318,13 +338,12 @@ class NeuralEngine:
                 env[-fade:] = np.minimum(env[-fade:], np.linspace(1, 0, fade))
             end = min(len(song), pos + len(wav))
             song[pos:end] += (wav * env)[: end - pos]
-            step(0.7 + 0.3 * (k + 1) / len(items))
-        n_out = int(round(melody.duration * p.sample_rate))
+        n_out = int(round(plan["melody"].duration * p.sample_rate))
         song = song[:n_out] if len(song) >= n_out else np.pad(song, (0, n_out - len(song)))
-        mel_all = np.concatenate(mels, axis=0)
-        code_all = None if codes[0] is None else np.concatenate(codes, axis=0)
-        lap("vocoder")
-        return NeuralResult(song, p.sample_rate, mel_all, f0_full, attn, code_all, chunks, timings)
+        attn = max((o["attention"] for o in outs), key=lambda a: a.shape[0])
+        codes = None if outs[0]["codes"] is None else np.concatenate([o["codes"] for o in outs], axis=0)
+        mel = np.concatenate([o["mel"] for o in outs], axis=0)
+        return NeuralResult(song, p.sample_rate, mel, plan["f0"], attn, codes, plan["chunks"], timings)
 
     def _source_rhythm(self, audio: np.ndarray, sr: int, ch: Chunk):
         """Rhythm curve [T_s] of the chunk's speech: only a voice without the rhythm adaptor needs it."""
@@ -339,7 +358,7 @@ class NeuralEngine:
         mel = mel_spectrogram(seg, self.profile)  # [T_s, 80]
         return rhythm_curve(mel, cfg.rhythm_beta, cfg.rhythm_sigma, log_base=cfg.mel_log_base).astype(np.float32)
 
-    def _acoustic(self, group, speaker):
+    def _acoustic(self, group):
         """Acoustic model on one batch of chunks (padded with explicit lengths when more than one)."""
         torch = self.torch
         dev = self.device
@@ -366,7 +385,7 @@ class NeuralEngine:
             kw["source_rhythm"] = src.to(dev)
             if b > 1:
                 kw["source_rhythm_lengths"] = torch.tensor([len(g[5]) for g in group], device=dev)
-        spk = torch.from_numpy(speaker)[None].expand(b, -1).to(dev)
+        spk = torch.from_numpy(np.stack([g[6] for g in group])).to(dev)  # [B, 256]
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.acoustic.infer(content.to(dev), spk, f0.to(dev), noise.to(dev), **kw)
         res = []
