@@ -72,7 +72,8 @@ def resolve_engine(engine: str, model: str | os.PathLike | None = None, cache_di
     except AlignSTSError as exc:
         if model is not None:
             raise
-        return "psola", f"note: using the psola engine: {exc}"
+        reason = str(exc).replace(", or use --engine psola", "")
+        return "psola", f"note: using the psola engine ({reason})"
 
 
 def check_device(device: str) -> str:
