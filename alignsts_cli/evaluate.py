@@ -53,7 +53,6 @@ SYSTEM_KINDS = ("ground-truth", "psola", "alignsts")
 DEFAULT_SYSTEMS = ("ground-truth", "psola")
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-CACHE_FORMAT = "alignsts-cache"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 Progress = Callable[[str, float], None]  # (stage description, fraction done 0..1)
@@ -223,21 +222,12 @@ class Cache:
 
 def read_cache(folder: str | os.PathLike) -> Cache:
     """Open a prepared cache: the folder with ``cache.json`` (or its parent, holding ``cache/``)."""
+    from alignsts_cli.data import load_cache
+
     root = Path(folder).expanduser()
     if not (root / "cache.json").exists() and (root / "cache" / "cache.json").exists():
         root = root / "cache"
-    meta = root / "cache.json"
-    if not meta.exists():
-        raise AlignSTSError(f"{root}: no cache.json here; give the folder `alignsts prepare` wrote")
-    try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-        items = json.loads((root / "items.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AlignSTSError(f"{root}: the cache is damaged ({exc}); prepare it again") from None
-    if info.get("format") != CACHE_FORMAT:
-        raise AlignSTSError(f"{meta}: not an alignsts cache; give the folder `alignsts prepare` wrote")
-    if int(info.get("version", 0)) > 1:
-        raise AlignSTSError(f"{meta}: written by a newer alignsts (version {info['version']}); upgrade alignsts")
+    info, items = load_cache(root)
     return Cache(root, info, items)
 
 

@@ -1,7 +1,6 @@
 """PNG pictures: F0 over a spectrogram, the melody against what was sung."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -480,29 +480,15 @@ def render_samples(model: AlignSTS, vocoder, items: list[tuple[str, dict]], fold
 # The training loop
 # ---------------------------------------------------------------------------------------------
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AlignSTSError("device cuda: no CUDA GPU is available to torch here; use cpu or auto")
-    return torch.device(name)
-
-
-# ---------------------------------------------------------------------------------------------
-# The training loop
-# ---------------------------------------------------------------------------------------------
-
 #: Settings a resumed run must keep: they shape the optimizer state, the schedule or the data order.
 FIXED_ON_RESUME = ("mode", "lr", "lr_scale", "warmup", "min_lr", "betas", "weight_decay", "seed", "batch_size",
                    "max_batch_frames", "max_frames")
 
 
 def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AlignSTSError("device cuda: no CUDA GPU is available to torch here; use cpu or auto")
-    return torch.device(name)
+    from alignsts_cli.engines.alignsts import pick_device
+
+    return torch.device(pick_device(name))
 
 
 def _check_resumable(folder: Path, model: AlignSTS, mcfg: AlignSTSConfig, state: dict, config: TrainConfig):

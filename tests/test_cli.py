@@ -5,7 +5,6 @@ import sys
 
 import mido
 import numpy as np
-import pytest
 import soundfile as sf
 
 from conftest import EXAMPLES, vowel, write_midi
