@@ -78,3 +78,14 @@ def tone_file(tmp_path) -> Path:
     path = tmp_path / "tone.wav"
     sf.write(path, vowel(220.0, 1.0), 16000)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on shared, busy cores two spinning threads run several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -67,13 +67,7 @@ def build_cache(root, ids=("a", "b"), train=("t",)):
     return cache, wavs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on shared, busy cores two spinning threads run several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_vocoder(folder):

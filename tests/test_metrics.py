@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from alignsts_cli import metrics as M
 from conftest import vowel
@@ -11,13 +10,7 @@ from conftest import vowel
 SR = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on shared, busy cores two spinning threads run several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bursts(on: float, off: float, seconds: float, f0: float = 220.0, start: float = 0.0) -> np.ndarray:

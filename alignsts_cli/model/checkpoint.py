@@ -107,9 +107,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
-def check_state_dict(model: AlignSTS, state: dict, source: str) -> None:
-    """Raise AlignSTSError naming every missing, unexpected or mis-shaped key."""
-    ours = model.state_dict()
+def state_dict_problems(ours: dict, state: dict) -> list[str]:
+    """Missing, left-over and mis-shaped keys of ``state`` against a module's ``ours`` (empty: it fits)."""
     missing = sorted(set(ours) - set(state))
     extra = sorted(set(state) - set(ours))
     shapes = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))
@@ -121,6 +120,12 @@ def check_state_dict(model: AlignSTS, state: dict, source: str) -> None:
     if shapes:
         problems.append("shape mismatch: " + ", ".join(
             f"{k} {list(state[k].shape)} vs {list(ours[k].shape)}" for k in shapes[:8]))
+    return problems
+
+
+def check_state_dict(model: AlignSTS, state: dict, source: str) -> None:
+    """Raise AlignSTSError naming every missing, unexpected or mis-shaped key."""
+    problems = state_dict_problems(model.state_dict(), state)
     if problems:
         raise AlignSTSError(f"{source}: weights do not fit the AlignSTS model ({'; '.join(problems)}); "
                             "use a checkpoint written by alignsts or import the official one with import_official")

@@ -375,20 +375,11 @@ def count_parameters(model: nn.Module) -> int:
 def _load_into(model: HiFiGAN, state_dict: dict, source: str) -> HiFiGAN:
     """Load a state dict (weight norm folded) with every key accounted for, else a clear error."""
     state_dict = fold_weight_norm(state_dict)
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state_dict) if tuple(ours[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:6]}{' …' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"left over {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}")
-        if wrong:
-            parts.append("shape mismatch " + ", ".join(
-                f"{k} {tuple(state_dict[k].shape)} vs {tuple(ours[k].shape)}" for k in wrong[:4]))
-        raise AlignSTSError(f"{source}: weights do not fit the HiFi-GAN layout ({'; '.join(parts)}); "
+    from alignsts_cli.model.checkpoint import state_dict_problems
+
+    problems = state_dict_problems(model.state_dict(), state_dict)
+    if problems:
+        raise AlignSTSError(f"{source}: weights do not fit the HiFi-GAN layout ({'; '.join(problems)}); "
                             "check that the file and its configuration belong together")
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     return model.eval()
