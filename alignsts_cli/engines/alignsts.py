@@ -28,6 +28,8 @@ from alignsts_cli.melody import Melody
 MAX_CHUNK_SECONDS = 16.0
 #: Cross-fade between chunks, seconds.
 XFADE = 0.02
+#: Audio per vocoder window (HiFiGAN.forward(window=)); chosen by benchmarks/run.py on a 2-core CPU.
+VOCODER_WINDOW_SECONDS = 2.0
 #: Where imported models live (``alignsts import-checkpoint``): ALIGNSTS_HOME/models/<name>.
 DEFAULT_IMPORTED = "official"
 
@@ -410,8 +412,13 @@ class NeuralEngine:
             n = len(f0) * self.profile.hop_length
             kw = {"phases": phases.to(self.device),
                   "noise": torch.randn(1, n, self.vocoder.config.nsf_harmonics + 1, generator=gen).to(self.device)}
+        # Windows of ~VOCODER_WINDOW_SECONDS with real context (same audio as one pass, to float rounding):
+        # a long chunk in one pass spills the CPU's caches and costs up to twice as much per second. On
+        # CUDA the windows of a chunk go through as one batch.
+        window = max(1, int(VOCODER_WINDOW_SECONDS * self.profile.sample_rate / self.profile.hop_length))
         with torch.inference_mode():
-            wav = self.vocoder(m, f if self.vocoder.config.nsf else None, **kw)
+            wav = self.vocoder(m, f if self.vocoder.config.nsf else None, window=window,
+                               batch_windows=64 if self.device == "cuda" else 1, **kw)
         return wav[0, 0].float().cpu().numpy()
 
 

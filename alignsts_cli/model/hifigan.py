@@ -48,6 +48,11 @@ TS_FILENAME = "hfgan-fcm_base2-L-16k-v0.1.1.ts"
 # Configuration
 
 
+#: Mel frames of real context on each side of a window in windowed generation (HiFiGAN.forward(window=)).
+#: The generator's receptive field is about ±8 frames for the official and HiFi-GAN V1 layouts.
+WINDOW_CONTEXT = 16
+
+
 @dataclass(frozen=True)
 class HiFiGANConfig:
     """Everything needed to rebuild the generator; saved next to its weights.
@@ -324,11 +329,20 @@ class HiFiGAN(nn.Module):
         return self
 
     # -- forward -----------------------------------------------------------------------------------
-    def forward(self, mel, f0=None, *, generator=None, phases=None, noise=None):
+    def forward(self, mel, f0=None, *, generator=None, phases=None, noise=None, window: int | None = None,
+                batch_windows: int = 1):
         """mel ``[B, n_mels, T]`` (log-mel of ``config.profile``), f0 ``[B, T]`` Hz → audio ``[B, 1, T·hop]``.
 
         F0 drives the harmonic source when ``config.nsf``; it is ignored by a generator without one.
         ``generator`` / ``phases`` / ``noise`` fix the source's random draws (see :class:`HarmonicSource`).
+
+        ``window`` (mel frames) runs the convolutions over overlapping windows of that many frames, each with
+        ``WINDOW_CONTEXT`` frames of real context on both sides, and keeps their centres: the same audio
+        (the context covers the generator's receptive field, so the seams differ from one pass by float
+        rounding only), but activations small enough to stay in the CPU's caches, so long inputs cost
+        the same per second as short ones, and far less memory. The harmonic source is still made for the
+        whole input at once (its phase runs on across windows). ``batch_windows`` windows go through the
+        generator together (more on a GPU).
         """
         c = self.config
         if mel.dim() != 3 or mel.shape[1] != c.n_mels:
@@ -338,6 +352,32 @@ class HiFiGAN(nn.Module):
             if tuple(f0.shape) != (mel.shape[0], mel.shape[2]):
                 raise ValueError(f"f0 must be [B, T] = {(mel.shape[0], mel.shape[2])}, got {tuple(f0.shape)}")
             source = self.m_source(f0, generator=generator, phases=phases, noise=noise)  # [B, 1, T·hop]
+        t = mel.shape[2]
+        if window is None or t <= window + 2 * WINDOW_CONTEXT:
+            return self._generate(mel, source)
+        hop, ctx = c.hop_length, WINDOW_CONTEXT
+        spans = [(a, min(a + window, t)) for a in range(0, t, window)]
+        views = [(max(0, a - ctx), min(t, b + ctx)) for a, b in spans]  # what each window sees
+        pieces: list = [None] * len(spans)
+        # Windows of the same width go through together (no padding: padding would change the edges).
+        by_width: dict = {}
+        for i, (lo, hi) in enumerate(views):
+            by_width.setdefault(hi - lo, []).append(i)
+        for idx in by_width.values():
+            for g in range(0, len(idx), batch_windows):
+                group = idx[g:g + batch_windows]
+                m = torch.cat([mel[:, :, views[i][0]:views[i][1]] for i in group])
+                src = None if source is None else torch.cat(
+                    [source[:, :, views[i][0] * hop:views[i][1] * hop] for i in group])
+                out = self._generate(m, src)  # [G·B, 1, width·hop]
+                for i, wav in zip(group, out.split(mel.shape[0])):
+                    (a, b), lo = spans[i], views[i][0]
+                    pieces[i] = wav[:, :, (a - lo) * hop:(b - lo) * hop]
+        return torch.cat(pieces, dim=2)
+
+    def _generate(self, mel, source):
+        """The convolution stack: mel ``[B, n_mels, T]`` (+ source ``[B, 1, T·hop]``) → ``[B, 1, T·hop]``."""
+        c = self.config
         x = self.conv_pre(mel)  # [B, C, T]
         k = c.num_kernels
         for i, up in enumerate(self.ups):
