@@ -120,13 +120,26 @@ class Converter:
     """Engines loaded once, for one conversion or a whole batch.
 
     ``engine``: auto | psola | alignsts; ``model``: a voice-model folder for the neural engine
-    (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda.
+    (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda; ``precision``: auto
+    (bfloat16 vocoder on CPUs that compute it natively) | float32; ``threads``: torch CPU threads
+    (default: torch's choice, one per physical core).
     """
 
-    def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None):
+    def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
+                 precision: str = "auto", threads: int | None = None):
+        from alignsts_cli.engines.alignsts import check_precision
+
         check_device(device)
+        check_precision(precision)
+        if threads is not None:
+            if threads < 1:
+                raise AlignSTSError(f"--threads {threads}: use 1 or more")
+            import torch
+
+            torch.set_num_threads(threads)
         self.engine, self.notice = resolve_engine(engine, model, cache_dir)
         self._model, self._device, self._cache_dir = model, device, cache_dir
+        self._precision = precision
         self._neural = None
 
     @property
@@ -134,7 +147,8 @@ class Converter:
         if self._neural is None:
             from alignsts_cli.engines import alignsts as neural
 
-            self._neural = neural.NeuralEngine(neural.locate(self._model, cache_dir=self._cache_dir), self._device)
+            self._neural = neural.NeuralEngine(neural.locate(self._model, cache_dir=self._cache_dir), self._device,
+                                               precision=self._precision)
         return self._neural
 
     def describe(self) -> str:
@@ -143,7 +157,7 @@ class Converter:
             return "psola engine (CPU)"
         from alignsts_cli.engines.alignsts import describe_device
 
-        return f"AlignSTS engine on {describe_device(self.neural.device)} ({self.neural.voice.source})"
+        return f"AlignSTS engine on {describe_device(self.neural.device, self.neural.vocoder_bf16)} ({self.neural.voice.source})"
 
     def convert(
         self,
@@ -307,6 +321,7 @@ def convert(
     melody_options: MelodyOptions | None = None,
     vibrato: float = 0.0,
     device: str = "auto",
+    precision: str = "auto",
     seed: int | None = None,
     plot: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -319,10 +334,10 @@ def convert(
     an existing output only with ``overwrite``. ``plot``: a PNG (psola: the target
     melody against the sung F0; AlignSTS: mel, target F0 and attention). ``engine``:
     auto (AlignSTS when its weights are installed, else psola), psola or alignsts;
-    ``device`` and ``seed`` apply to the neural engine (psola is deterministic).
+    ``device``, ``precision`` and ``seed`` apply to the neural engine (psola is deterministic).
     For many files, build one ``Converter`` and call its ``convert``.
     """
-    return Converter(engine, model=model, device=device).convert(
+    return Converter(engine, model=model, device=device, precision=precision).convert(
         speech, melody, output, melody_options=melody_options, vibrato=vibrato, seed=seed, plot=plot,
         overwrite=overwrite, progress=progress,
     )

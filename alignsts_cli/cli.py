@@ -105,6 +105,11 @@ Model = Annotated[
     Optional[str], typer.Option(help="AlignSTS voice model: a folder with acoustic/ and vocoder/, or an imported name.")
 ]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda; for the AlignSTS engine.")]
+Precision = Annotated[str, typer.Option(
+    help="auto (bfloat16 vocoder on CPUs that compute it natively: about twice as fast, same quality as "
+    "measured) or float32 (every stage in float32)."
+)]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the AlignSTS engine [default: one per core].")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed of the AlignSTS engine's sampling [default: 0].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
@@ -127,6 +132,8 @@ def convert(
     engine: Engine = "auto",
     model: Model = None,
     device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
     seed: Seed = None,
     track: Track = None,
     channel: Channel = None,
@@ -151,7 +158,7 @@ def convert(
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
     )
     err = _console(stderr=True)
-    converter = api.Converter(engine, model=model, device=device)
+    converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
     with Progress(
         TextColumn("{task.description:<22}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True,
         disable=not err.is_terminal,
@@ -193,6 +200,8 @@ def batch(
     engine: Engine = "auto",
     model: Model = None,
     device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
     seed: Seed = None,
     track: Track = None,
     channel: Channel = None,
@@ -218,7 +227,7 @@ def batch(
     if output_dir is None:
         base = folder.expanduser().resolve()
         output_dir = base.parent / f"{base.name}-sung"
-    converter = api.Converter(engine, model=model, device=device)
+    converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
@@ -596,6 +605,8 @@ def evaluate(
         str, typer.Option(help="Audio profile (rate and mel) the metrics use with --references/--pairs.")
     ] = "compact-16k",
     device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
     seed: Seed = None,
     overwrite: Overwrite = False,
 ):
@@ -607,7 +618,15 @@ def evaluate(
     from rich.table import Table
 
     from alignsts_cli import evaluate as ev
+    from alignsts_cli.engines.alignsts import check_precision
 
+    check_precision(precision)
+    if threads is not None:
+        if threads < 1:
+            raise AlignSTSError(f"--threads {threads}: use 1 or more")
+        import torch
+
+        torch.set_num_threads(threads)
     by_files = references is not None or outputs or pairs is not None
     if cache is not None and by_files:
         raise AlignSTSError("give either a prepared cache or --references/--outputs/--pairs, not both")
@@ -625,7 +644,7 @@ def evaluate(
         if cache is not None:
             report = ev.evaluate_systems(
                 cache, system or ev.DEFAULT_SYSTEMS, output_dir, split=split, limit=limit, device=device,
-                seed=0 if seed is None else seed, overwrite=overwrite, progress=show,
+                precision=precision, seed=0 if seed is None else seed, overwrite=overwrite, progress=show,
             )
         else:
             if pairs is not None:

@@ -252,8 +252,9 @@ def target_melody(f0: np.ndarray, hop_seconds: float, source: str = ""):
 class _Systems:
     """Loads each system once and sings one item with it."""
 
-    def __init__(self, specs: list[SystemSpec], profile, device: str, seed: int):
+    def __init__(self, specs: list[SystemSpec], profile, device: str, seed: int, precision: str = "auto"):
         self.specs, self.profile, self.device, self.seed = specs, profile, device, seed
+        self.precision = precision
         self._loaded: dict[str, object] = {}
         self._encoder = None
 
@@ -265,7 +266,7 @@ class _Systems:
         elif spec.kind == "alignsts":
             from alignsts_cli.engines import alignsts as neural
 
-            obj = neural.NeuralEngine(neural.locate(spec.path), self.device)
+            obj = neural.NeuralEngine(neural.locate(spec.path), self.device, precision=self.precision)
             if obj.profile.name != self.profile.name:
                 raise AlignSTSError(
                     f"--system {spec.name}: the voice uses profile {obj.profile.name}, the cache {self.profile.name}; "
@@ -384,6 +385,7 @@ def evaluate_systems(
     split: str = "test",
     limit: int | None = None,
     device: str = "auto",
+    precision: str = "auto",
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -391,7 +393,7 @@ def evaluate_systems(
     """Run ``systems`` on the ``split`` items of a prepared cache and score them.
 
     Writes ``out/<system>/<id>.wav``, ``out/report.json`` and ``out/report.md``; returns the
-    :class:`Report`. ``limit``: only the first N items of the split. ``device`` and ``seed`` apply to
+    :class:`Report`. ``limit``: only the first N items of the split. ``device``, ``precision`` and ``seed`` apply to
     the neural systems (and the seed to an NSF vocoder's noise). An existing evaluation in ``out`` is
     replaced only with ``overwrite``.
     """
@@ -412,7 +414,7 @@ def evaluate_systems(
         items = items[:limit]
     out = _check_out(Path(out), [s.name for s in specs], overwrite)
     step = progress or (lambda stage, frac: None)
-    runner = _Systems(specs, profile, device, seed)
+    runner = _Systems(specs, profile, device, seed, precision)
     step("loading the systems", 0.0)
     for s in specs:
         runner.load(s)  # a wrong path or missing weights fails now, before any work

@@ -2,15 +2,18 @@
 
     python benchmarks/run.py                       # official-size model (random weights), 5/10/30 s
     python benchmarks/run.py --engine psola
-    python benchmarks/run.py --engine path/to/voice --seconds 10 --memory-minutes 5 --batch 20 --cold-start
+    python benchmarks/run.py --engine default --seconds 5 10 30 --memory-seconds 30 300 --batch 20 --cold-start
+    python benchmarks/run.py --engine path/to/voice --precision float32
 
 For each input length: the real-time factor (processing seconds / output seconds) of every stage
 (loading, f0 = speech analysis + melody, content features, speaker embedding, acoustic model,
 vocoder, writing) and of the whole conversion, as medians of --repeats runs after one warm-up. The
 models are loaded once (their loading time is reported apart). Also, on request: peak resident memory
-of a whole conversion of a long song (in a fresh process), batch throughput (seconds of singing
-produced per second of work over N files) and cold-start times of `alignsts --help` and of a first
-`convert` in a fresh process.
+of a whole conversion of an input of each --memory-seconds length (each in a fresh process), batch
+throughput (seconds of singing produced per second of work over N files, through the code path of
+`alignsts batch`) and cold-start times of `alignsts --help` and of a first `convert` in a fresh process.
+
+`--engine default` is what `alignsts convert` uses with no options (the bundled model).
 
 `--engine official` builds randomly initialised models of the official sizes (26 M-parameter
 AlignSTS, wav2vec2-base content model, 24 kHz NSF-HiFiGAN): speed and memory do not depend on the
@@ -145,16 +148,17 @@ def memory_child(args) -> None:
     from alignsts_cli import api
 
     work = Path(args.work)
-    conv = api.Converter(device=args.device, **engine_args(args.engine, work))
-    speech = make_speech(work / "long-speech.wav", min(60.0, args.memory_minutes * 60))
-    melody = make_melody(work / "long-melody.mid", args.memory_minutes * 60)
+    seconds = args.memory_child
+    conv = api.Converter(device=args.device, precision=args.precision, **engine_args(args.engine, work))
+    speech = make_speech(work / f"mem-speech{seconds:g}.wav", min(60.0, seconds))
+    melody = make_melody(work / f"mem-melody{seconds:g}.mid", seconds)
     t0 = time.perf_counter()
-    res = conv.convert(speech, melody, work / "long-out.wav", overwrite=True)
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "output_seconds": res.seconds,
+    res = conv.convert(speech, melody, work / f"mem-out{seconds:g}.wav", overwrite=True)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "output_seconds": res.seconds,
                       "rtf": (time.perf_counter() - t0) / res.seconds, "chunks": res.info.get("chunks")}))
 
 
-def cold_start(engine: str, work: Path, device: str) -> dict:
+def cold_start(engine: str, work: Path, device: str, precision: str) -> dict:
     exe = [sys.executable, "-m", "alignsts_cli"]
     helps = []
     for _ in range(5):
@@ -165,7 +169,7 @@ def cold_start(engine: str, work: Path, device: str) -> dict:
     melody = make_melody(work / "cold.mid", 10)
     extra = engine_args(engine, work)
     cmd = exe + ["convert", str(speech), "-m", str(melody), "-o", str(work / "cold-out.wav"), "--overwrite",
-                 "--engine", extra["engine"], "--device", device]
+                 "--engine", extra["engine"], "--device", device, "--precision", precision]
     if "model" in extra:
         cmd += ["--model", extra["model"]]
     t0 = time.perf_counter()
@@ -174,14 +178,18 @@ def cold_start(engine: str, work: Path, device: str) -> dict:
 
 
 def batch_throughput(conv, work: Path, files: int) -> dict:
+    """``files`` five-second songs through ``Converter.convert_many`` (what `alignsts batch` runs)."""
     folder = work / "batch"
     folder.mkdir(exist_ok=True)
     speech = make_speech(folder / "s.wav", 5)
     melody = make_melody(folder / "m.mid", 5)
     conv.convert(speech, melody, folder / "warm.wav", overwrite=True)
+    jobs = [(speech, melody, folder / f"o{k}.wav") for k in range(files)]
     produced, t0 = 0.0, time.perf_counter()
-    for k in range(files):
-        produced += conv.convert(speech, melody, folder / f"o{k}.wav", overwrite=True).seconds
+    for _, res in conv.convert_many(jobs, overwrite=True):
+        if isinstance(res, Exception):
+            raise res
+        produced += res.seconds
     wall = time.perf_counter() - t0
     return {"files": files, "singing_seconds_per_second": produced / wall}
 
@@ -193,24 +201,26 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--memory-minutes", type=float, default=0.0, help="peak RSS of a song this long (fresh process)")
+    ap.add_argument("--precision", default="auto", help="auto | float32 (as alignsts convert --precision)")
+    ap.add_argument("--memory-seconds", type=float, nargs="*", default=[],
+                    help="peak RSS of a whole conversion of each of these lengths (each in a fresh process)")
     ap.add_argument("--batch", type=int, default=0, help="batch throughput over this many files")
     ap.add_argument("--cold-start", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.memory_child:
+    if args.memory_child is not None:
         return memory_child(args)
     work = Path(args.work or tempfile.mkdtemp(prefix="alignsts-bench-"))
     from alignsts_cli import api
 
     t0 = time.perf_counter()
-    conv = api.Converter(device=args.device, **engine_args(args.engine, work))
+    conv = api.Converter(device=args.device, precision=args.precision, **engine_args(args.engine, work))
     if conv.engine == "alignsts":
         conv.neural  # load the models now, timed apart
     load_s = time.perf_counter() - t0
@@ -224,13 +234,14 @@ def main():
     if args.batch:
         report["batch"] = batch_throughput(conv, work, args.batch)
     if args.cold_start:
-        report["cold_start"] = cold_start(args.engine, work, args.device)
-    if args.memory_minutes:
+        report["cold_start"] = cold_start(args.engine, work, args.device, args.precision)
+    report["memory"] = []
+    for seconds in args.memory_seconds:
         child = subprocess.run(
-            [sys.executable, __file__, "--memory-child", "--engine", args.engine, "--device", args.device,
-             "--threads", str(args.threads), "--memory-minutes", str(args.memory_minutes), "--work", str(work)],
+            [sys.executable, __file__, "--memory-child", str(seconds), "--engine", args.engine, "--device",
+             args.device, "--precision", args.precision, "--threads", str(args.threads), "--work", str(work)],
             capture_output=True, text=True, check=True)
-        report["memory"] = json.loads(child.stdout.strip().splitlines()[-1])
+        report["memory"].append(json.loads(child.stdout.strip().splitlines()[-1]))
     report["peak_rss_mb_this_process"] = round(peak_rss_mb())
     print_report(report)
     if args.json:
@@ -251,10 +262,9 @@ def print_report(r: dict) -> None:
     if "cold_start" in r:
         c = r["cold_start"]
         print(f"cold start: alignsts --help {c['help_seconds']:.2f} s; first convert of 10 s {c['first_convert_seconds']:.1f} s")
-    if "memory" in r:
-        m = r["memory"]
-        print(f"memory: {m['output_seconds'] / 60:.1f}-minute song in {m['chunks']} chunk(s): peak RSS {m['peak_rss_mb']:.0f} MB "
-              f"(RTF {m['rtf']:.2f})")
+    for m in r.get("memory", []):
+        print(f"memory: a {m['output_seconds']:.0f} s song in {m['chunks']} chunk(s), fresh process: peak RSS "
+              f"{m['peak_rss_mb']:.0f} MB (RTF {m['rtf']:.2f})")
     print(f"peak RSS of this process: {r['peak_rss_mb_this_process']} MB")
 
 

@@ -97,6 +97,8 @@ def _bad_inputs(tmp_path):
         "unknown melody type": (["convert", SPEECH, "-m", d / "x.xyz"], "no such"),
         "bad engine": (["convert", SPEECH, "-m", MELODY, "--engine", "magic"], "--engine"),
         "bad tempo": (["convert", SPEECH, "-m", MELODY, "--tempo", "0"], "--tempo"),
+        "bad precision": (["convert", SPEECH, "-m", MELODY, "--precision", "half"], "--precision"),
+        "bad threads": (["convert", SPEECH, "-m", MELODY, "--threads", "0"], "--threads"),
     }
 
 

@@ -234,6 +234,35 @@ def test_songs_batched_together_match_alone(tmp_path):
         assert a.shape == b.shape and np.max(np.abs(a - b)) < 2e-3
 
 
+def test_precision_float32_and_bf16_vocoder(tmp_path):
+    """--precision auto runs the vocoder in bfloat16 only on CPUs with native bf16; the acoustic model stays
+    float32 either way, and float32 gives the exact float32 audio."""
+    from alignsts_cli.api import load_speech
+    from alignsts_cli.engines.alignsts import NeuralEngine, VoiceModel, cpu_has_bf16
+    from alignsts_cli.engines.psola import analyse_speech
+    from alignsts_cli.errors import AlignSTSError
+    from alignsts_cli.melody import load_midi
+
+    voice = tiny_voice(tmp_path / "voice", content_kind="mfcc", content_dim=20)
+    vm = VoiceModel(voice / "acoustic", voice / "vocoder", "test")
+    melody = load_midi(write_midi(tmp_path / "m.mid", [(0, 2, 48), (2, 2, 52)]))
+    audio, sr = load_speech(SPEECH)
+    analysis = analyse_speech(audio, sr)
+    exact = NeuralEngine(vm, "cpu", precision="float32")
+    auto = NeuralEngine(vm, "cpu", precision="auto")
+    assert not exact.vocoder_bf16 and auto.vocoder_bf16 == cpu_has_bf16()
+    a = exact.sing(audio, sr, melody, analysis, seed=3)
+    b = auto.sing(audio, sr, melody, analysis, seed=3)
+    assert np.array_equal(a.mel, b.mel)
+    if auto.vocoder_bf16:
+        err = np.sqrt(np.mean((a.audio - b.audio) ** 2) / np.mean(a.audio ** 2))
+        assert 0 < err < 0.2
+    else:
+        assert np.array_equal(a.audio, b.audio)
+    with pytest.raises(AlignSTSError, match="--precision"):
+        NeuralEngine(vm, "cpu", precision="half")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: CPU/CUDA agreement not run")
 def test_cuda_matches_cpu(tmp_path):
     from alignsts_cli.engines.alignsts import NeuralEngine, VoiceModel

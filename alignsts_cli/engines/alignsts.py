@@ -151,12 +151,35 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def describe_device(device: str) -> str:
+PRECISIONS = ("auto", "float32")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise AlignSTSError(f"--precision {precision}: use auto or float32")
+    return precision
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    import torch
+
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # a private torch helper: absent or failing means "no"
+            pass
+    return False
+
+
+def describe_device(device: str, vocoder_bf16: bool = False) -> str:
     import torch
 
     if device == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(0)}, half precision)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return f"CPU ({torch.get_num_threads()} threads{', bfloat16 vocoder' if vocoder_bf16 else ''})"
 
 
 @dataclass
@@ -218,7 +241,8 @@ class NeuralResult:
 class NeuralEngine:
     """The loaded AlignSTS voice: build once, ``sing()`` many times (a batch reuses it)."""
 
-    def __init__(self, voice: VoiceModel, device: str = "auto", pitch_correct: bool | None = None):
+    def __init__(self, voice: VoiceModel, device: str = "auto", pitch_correct: bool | None = None,
+                 precision: str = "auto"):
         import torch
 
         from alignsts_cli.features import FeatureExtractor
@@ -229,6 +253,10 @@ class NeuralEngine:
         self.voice = voice
         self.device = pick_device(device)
         self.half = self.device == "cuda"
+        # precision "auto" on a CPU with native bfloat16: the vocoder's convolutions run in bf16, about twice
+        # as fast; measured on the bundled voice's test split, LSD to the reference moves by 0.002 dB and RCA
+        # not at all (README: Speed and memory). "float32" keeps every stage in float32.
+        self.vocoder_bf16 = check_precision(precision) == "auto" and self.device == "cpu" and cpu_has_bf16()
         self.acoustic = load_model(voice.acoustic, device=self.device)
         self.vocoder, vcfg, vprofile = load_vocoder(voice.vocoder, device=self.device)
         cfg = self.acoustic.config
@@ -416,7 +444,7 @@ class NeuralEngine:
         # a long chunk in one pass spills the CPU's caches and costs up to twice as much per second. On
         # CUDA the windows of a chunk go through as one batch.
         window = max(1, int(VOCODER_WINDOW_SECONDS * self.profile.sample_rate / self.profile.hop_length))
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.vocoder_bf16):
             wav = self.vocoder(m, f if self.vocoder.config.nsf else None, window=window,
                                batch_windows=64 if self.device == "cuda" else 1, **kw)
         return wav[0, 0].float().cpu().numpy()

@@ -351,7 +351,8 @@ class HiFiGAN(nn.Module):
         if c.nsf and f0 is not None:
             if tuple(f0.shape) != (mel.shape[0], mel.shape[2]):
                 raise ValueError(f"f0 must be [B, T] = {(mel.shape[0], mel.shape[2])}, got {tuple(f0.shape)}")
-            source = self.m_source(f0, generator=generator, phases=phases, noise=noise)  # [B, 1, T·hop]
+            with torch.autocast(mel.device.type, enabled=False):  # the source stays float32 under autocast
+                source = self.m_source(f0, generator=generator, phases=phases, noise=noise)  # [B, 1, T·hop]
         t = mel.shape[2]
         if window is None or t <= window + 2 * WINDOW_CONTEXT:
             return self._generate(mel, source)
