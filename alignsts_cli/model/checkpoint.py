@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.files import atomic_output
 from alignsts_cli.model.alignsts import AlignSTS
 from alignsts_cli.model.config import AlignSTSConfig
 
@@ -55,25 +55,13 @@ def unused_reason(key: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:  # usual file permissions, nothing left behind on failure
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_model(model: AlignSTS, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
