@@ -1,6 +1,11 @@
 """Ship a trained compact voice inside the package and pin it in weights.lock.
 
-    python scripts/bundle-model.py RUN/voice
+    python scripts/bundle-model.py RUN                # the checkpoint with the lowest validation loss
+    python scripts/bundle-model.py RUN --step 3000    # that checkpoint
+    python scripts/bundle-model.py VOICE              # a voice folder (acoustic/ and vocoder/)
+
+With a training run folder, the acoustic model comes from RUN/checkpoints/step_N (by default the N whose
+total validation loss in RUN/valid.csv is lowest, among the checkpoints kept) and the vocoder from RUN/voice.
 
 Writes alignsts_cli/bundled/acoustic.safetensors and vocoder.safetensors in float16 (config in the
 files' metadata; loading gives float32 weights) and replaces the bundled [[component]] entries of
@@ -19,12 +24,34 @@ LOCK = REPO / "weights.lock"
 LIMIT_MB = 40.0
 
 
-def main(voice: Path) -> None:
+def pick_checkpoint(run: Path, step: int | None) -> Path:
+    """RUN/checkpoints/step_<step>, or the kept checkpoint with the lowest total validation loss."""
+    import csv
+
+    kept = {int(p.name.split("_")[1]): p for p in (run / "checkpoints").glob("step_*") if p.name[5:].isdigit()}
+    if step is None:
+        with open(run / "valid.csv", newline="") as f:
+            losses = {int(r["step"]): float(r["total"]) for r in csv.DictReader(f) if int(r["step"]) in kept}
+        if not losses:
+            sys.exit(f"{run}: no kept checkpoint has a validation loss in valid.csv")
+        step = min(losses, key=losses.get)
+        print(f"step {step}: lowest validation loss ({losses[step]:.4f}) of the kept checkpoints "
+              + ", ".join(f"{k}: {v:.4f}" for k, v in sorted(losses.items())))
+    if step not in kept:
+        sys.exit(f"{run}: no checkpoint for step {step} (kept: {sorted(kept)})")
+    return kept[step]
+
+
+def main(source: Path, step: int | None = None) -> None:
     from alignsts_cli.model import load_model, save_model
     from alignsts_cli.model.hifigan import load_vocoder, save_vocoder
 
-    model = load_model(voice / "acoustic")
-    vocoder, _, _ = load_vocoder(voice / "vocoder")
+    if (source / "checkpoints").is_dir():
+        model = load_model(pick_checkpoint(source, step))
+        vocoder, _, _ = load_vocoder(source / "voice" / "vocoder")
+    else:
+        model = load_model(source / "acoustic")
+        vocoder, _, _ = load_vocoder(source / "vocoder")
     BUNDLE.mkdir(exist_ok=True)
     paths = {
         "acoustic": save_model(model, BUNDLE / "acoustic.safetensors", dtype=torch.float16),
@@ -48,6 +75,10 @@ def main(voice: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    if len(args) == 3 and args[1] == "--step" and args[2].isdigit():
+        main(Path(args[0]), int(args[2]))
+    elif len(args) == 1:
+        main(Path(args[0]))
+    else:
         sys.exit(__doc__)
-    main(Path(sys.argv[1]))

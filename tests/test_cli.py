@@ -37,10 +37,17 @@ def test_help_and_version():
 
 
 def test_convert_bundled_example(tmp_path):
+    """The README's first command: the bundled AlignSTS voice sings, offline, with no weights downloaded."""
     out, png = tmp_path / "sung.wav", tmp_path / "sung.png"
-    proc = run("convert", SPEECH, "--melody", MELODY, "-o", out, "--plot", png)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "no-hf"), ALIGNSTS_HOME=str(tmp_path / "home"))
+    env.pop("ALIGNSTS_WEIGHTS_LOCK", None)
+    env.pop("ALIGNSTS_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "convert", str(SPEECH), "--melody", str(MELODY),
+                           "-o", str(out), "--plot", str(png)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "alignsts engine" in proc.stdout and "bundled" in proc.stderr, proc.stdout + proc.stderr
     x, sr = sf.read(out)
+    assert sr == 16000
     mel = mido.MidiFile(MELODY)
     assert abs(len(x) / sr - mel.length) < 0.05 * mel.length
     assert np.sqrt(np.mean(x ** 2)) > 0.01
