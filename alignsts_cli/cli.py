@@ -164,8 +164,6 @@ def convert(
         disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("loading", total=1.0)
-        if converter.engine == "alignsts":
-            bar.console.print(f"using the {converter.describe()}")
         result = converter.convert(
             speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
             progress=lambda stage, frac: bar.update(task, description=stage, completed=frac),
@@ -175,7 +173,7 @@ def convert(
     if info.get("auto_key_octaves"):
         extra = f"; melody moved {info['auto_key_octaves']:+d} octave(s) by --auto-key"
     print(
-        f"wrote {result.output} ({result.seconds:.1f} s, {result.sample_rate} Hz, {result.engine} engine: "
+        f"wrote {result.output} ({result.seconds:.1f} s, {result.sample_rate} Hz, {converter.describe()}: "
         f"{info.get('syllables', '?')} syllables on {info.get('notes', '?')} notes{extra})"
     )
     if plot is not None:
