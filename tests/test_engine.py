@@ -312,6 +312,6 @@ def test_import_official_archive_then_convert(published, tmp_path):
     out = tmp_path / "official.wav"
     proc = run(env, "convert", SPEECH, "-m", melody, "-o", out)
     assert proc.returncode == 0, proc.stderr
-    assert "imported" in proc.stderr and "note:" not in proc.stderr
+    assert "imported" in proc.stdout and "note:" not in proc.stderr
     x, sr = sf.read(out)
     assert sr == 24000 and abs(len(x) / sr - 1.0) < 0.02 and np.all(np.isfinite(x))
