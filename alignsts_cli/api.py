@@ -127,16 +127,11 @@ class Converter:
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
                  precision: str = "auto", threads: int | None = None):
-        from alignsts_cli.engines.alignsts import check_precision
+        from alignsts_cli.engines.alignsts import check_precision, set_threads
 
         check_device(device)
         check_precision(precision)
-        if threads is not None:
-            if threads < 1:
-                raise AlignSTSError(f"--threads {threads}: use 1 or more")
-            import torch
-
-            torch.set_num_threads(threads)
+        set_threads(threads)
         self.engine, self.notice = resolve_engine(engine, model, cache_dir)
         self._model, self._device, self._cache_dir = model, device, cache_dir
         self._precision = precision

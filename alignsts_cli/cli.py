@@ -616,15 +616,10 @@ def evaluate(
     from rich.table import Table
 
     from alignsts_cli import evaluate as ev
-    from alignsts_cli.engines.alignsts import check_precision
+    from alignsts_cli.engines.alignsts import check_precision, set_threads
 
     check_precision(precision)
-    if threads is not None:
-        if threads < 1:
-            raise AlignSTSError(f"--threads {threads}: use 1 or more")
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     by_files = references is not None or outputs or pairs is not None
     if cache is not None and by_files:
         raise AlignSTSError("give either a prepared cache or --references/--outputs/--pairs, not both")

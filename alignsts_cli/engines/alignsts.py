@@ -28,7 +28,8 @@ from alignsts_cli.melody import Melody
 MAX_CHUNK_SECONDS = 16.0
 #: Cross-fade between chunks, seconds.
 XFADE = 0.02
-#: Audio per vocoder window (HiFiGAN.forward(window=)); chosen by benchmarks/run.py on a 2-core CPU.
+#: Audio per vocoder window (HiFiGAN.forward(window=)): the fastest of 0.5, 1 and 2 s for the official
+#: vocoder on a 30 s input on the 2-core CPU this was written on (the context costs less as windows grow).
 VOCODER_WINDOW_SECONDS = 2.0
 #: Where imported models live (``alignsts import-checkpoint``): ALIGNSTS_HOME/models/<name>.
 DEFAULT_IMPORTED = "official"
@@ -158,6 +159,17 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise AlignSTSError(f"--precision {precision}: use auto or float32")
     return precision
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads for this process (None leaves torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise AlignSTSError(f"--threads {threads}: use 1 or more")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def cpu_has_bf16() -> bool:
