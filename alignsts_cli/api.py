@@ -1,25 +1,28 @@
-"""What the command line and Python users call: ``convert()`` and ``extract_f0_file()``.
+"""What the command line and Python users call: ``convert()`` / ``Converter``, ``extract_f0_file()`` and
+``import_checkpoint()``.
 
-Nothing here prints or exits; problems a user can fix raise ``AlignSTSError``.
+One conversion: read the melody and the speech, analyse the speech (:mod:`alignsts_cli.analysis`), shape
+the melody for this voice, sing with an engine (:mod:`alignsts_cli.engines`), write the song. Nothing here
+prints or exits; problems a user can fix raise ``AlignSTSError`` (or a subclass).
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from alignsts_cli.errors import AlignSTSError
-from alignsts_cli.melody import HOP, Melody, hz_to_midi
+from alignsts_cli.errors import AlignSTSError, WeightsMissing
+from alignsts_cli.melody import HOP, Melody, hz_to_midi, midi_to_hz
+from alignsts_cli.runtime import check_device, check_precision, set_threads
+from alignsts_cli.voices import import_checkpoint
+
+__all__ = ["Converter", "ConversionResult", "F0Result", "MelodyOptions", "convert", "extract_f0_file",
+           "import_checkpoint", "prepare_for_voice", "resolve_engine"]
 
 ENGINES = ("auto", "psola", "alignsts")
-DEVICES = ("auto", "cpu", "cuda")
-#: The psola engine works at the speech's own rate, within these bounds.
-MIN_WORK_SR = 8000
-MAX_WORK_SR = 48000
 #: Largest distance (semitones) between the melody's median and the speaking voice's.
 MAX_RANGE_GAP = 24.0
 
@@ -61,38 +64,19 @@ def resolve_engine(engine: str, model: str | os.PathLike | None = None, cache_di
         raise AlignSTSError(f"--engine {engine}: use one of {', '.join(ENGINES)}")
     if engine == "psola":
         return "psola", None
-    from alignsts_cli.engines import alignsts as neural
+    from alignsts_cli.voices import locate
 
     if engine == "alignsts":
-        neural.locate(model, cache_dir=cache_dir)
+        locate(model, cache_dir=cache_dir)
         return "alignsts", None
     try:
-        neural.locate(model, cache_dir=cache_dir)
+        locate(model, cache_dir=cache_dir)
         return "alignsts", None
     except AlignSTSError as exc:
         if model is not None:
             raise
-        reason = str(exc).replace(", or use --engine psola", "")
+        reason = exc.problem if isinstance(exc, WeightsMissing) else str(exc)
         return "psola", f"note: using the psola engine ({reason})"
-
-
-def check_device(device: str) -> str:
-    if device not in DEVICES:
-        raise AlignSTSError(f"--device {device}: use auto, cpu or cuda")
-    return device
-
-
-def load_speech(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Speech as mono float32 at its own rate (within 8-48 kHz), checked for length and silence."""
-    from alignsts_cli.audio import check_speech, load_audio, resample
-
-    audio, sr = load_audio(path, what="speech")
-    if sr > MAX_WORK_SR:
-        audio, sr = resample(audio, sr, MAX_WORK_SR), MAX_WORK_SR
-    elif sr < MIN_WORK_SR:
-        audio, sr = resample(audio, sr, MIN_WORK_SR), MIN_WORK_SR
-    check_speech(audio, sr, path)
-    return audio, sr
 
 
 def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: float) -> Melody:
@@ -110,7 +94,7 @@ def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: 
         where = "above" if gap > 0 else "below"
         raise AlignSTSError(
             f"{melody.source}: the melody sits {abs(gap):.0f} semitones {where} this voice (speech around "
-            f"{speech_median_hz:.0f} Hz, melody around {440 * 2 ** ((m.median_midi() - 69) / 12):.0f} Hz); "
+            f"{speech_median_hz:.0f} Hz, melody around {float(midi_to_hz(m.median_midi())):.0f} Hz); "
             "add --auto-key to move it by octaves, or --transpose"
         )
     return m
@@ -127,8 +111,6 @@ class Converter:
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
                  precision: str = "auto", threads: int | None = None):
-        from alignsts_cli.engines.alignsts import check_precision, set_threads
-
         check_device(device)
         check_precision(precision)
         set_threads(threads)
@@ -140,17 +122,18 @@ class Converter:
     @property
     def neural(self):
         if self._neural is None:
-            from alignsts_cli.engines import alignsts as neural
+            from alignsts_cli.engines.alignsts import NeuralEngine
+            from alignsts_cli.voices import locate
 
-            self._neural = neural.NeuralEngine(neural.locate(self._model, cache_dir=self._cache_dir), self._device,
-                                               precision=self._precision)
+            self._neural = NeuralEngine(locate(self._model, cache_dir=self._cache_dir), self._device,
+                                        precision=self._precision)
         return self._neural
 
     def describe(self) -> str:
         """The engine and, for the neural one, the device it runs on."""
         if self.engine == "psola":
             return "psola engine (CPU)"
-        from alignsts_cli.engines.alignsts import describe_device
+        from alignsts_cli.runtime import describe_device
 
         return f"AlignSTS engine on {describe_device(self.neural.device, self.neural.vocoder_bf16)} ({self.neural.voice.source})"
 
@@ -229,7 +212,8 @@ class Converter:
 
     def _prepare(self, speech, melody, output, melody_options, plot, overwrite, step) -> "_Job":
         """Check the outputs, read and check the inputs, analyse the speech, shape the melody."""
-        from alignsts_cli.engines import psola
+        from alignsts_cli.analysis import analyse_speech
+        from alignsts_cli.audio import load_speech
         from alignsts_cli.files import check_output_path
         from alignsts_cli.melody import load_melody
 
@@ -249,7 +233,7 @@ class Converter:
 
         raw, (job.audio, job.sr) = self._time(job, "loading", read)
         step("analysing the speech", 0.1)
-        job.analysis = self._time(job, "f0", lambda: psola.analyse_speech(job.audio, job.sr))
+        job.analysis = self._time(job, "f0", lambda: analyse_speech(job.audio, job.sr))
         job.target = self._time(job, "f0", lambda: prepare_for_voice(raw, options, job.analysis.median_f0))
         return job
 
@@ -398,80 +382,3 @@ def extract_f0_file(
 
         result.plot = plot_f0(plot, audio, sr, f0, hop, notes, name=ref.name, overwrite=overwrite, inputs=inputs)
     return result
-
-
-def _extract_archive(src: Path, into: Path) -> Path:
-    """Unpack a .zip or .tar(.gz) into ``into`` (refusing paths that escape it)."""
-    import tarfile
-    import zipfile
-
-    if zipfile.is_zipfile(src):
-        with zipfile.ZipFile(src) as zf:
-            for name in zf.namelist():
-                if Path(name).is_absolute() or ".." in Path(name).parts:
-                    raise AlignSTSError(f"{src}: the archive holds an unsafe path ({name}); refusing to extract it")
-            zf.extractall(into)
-        return into
-    if tarfile.is_tarfile(src):
-        with tarfile.open(src) as tf:
-            tf.extractall(into, filter="data")
-        return into
-    raise AlignSTSError(f"{src}: not a .zip or .tar archive, a folder, or a .ckpt file")
-
-
-def _find_vocoder_folder(root: Path) -> Path | None:
-    hits = sorted({p.parent for p in root.rglob("*.ckpt") if "hifi" in str(p.relative_to(root)).lower()})
-    return hits[0] if hits else None
-
-
-def import_checkpoint(
-    src: str | os.PathLike,
-    *,
-    name: str = "official",
-    vocoder: str | os.PathLike | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Turn the authors' released AlignSTS archive (or its extracted folder) into a voice model.
-
-    Writes ``ALIGNSTS_HOME/models/<name>/{acoustic,vocoder}`` (safetensors) and returns that
-    folder; the model named ``official`` is the one ``--engine auto`` uses. ``vocoder``: the
-    NSF-HiFiGAN checkpoint or its folder when it is not inside ``src``.
-
-    The authors' files are pickles, which can execute code when loaded: import only an archive
-    from a source you trust. They are read once here and never again.
-    """
-    import shutil
-    import tempfile
-
-    from alignsts_cli.engines.alignsts import imported_model_dir
-    from alignsts_cli.model import import_official
-    from alignsts_cli.model.hifigan import load_official_nsf, save_vocoder
-
-    source = Path(src).expanduser()
-    if not source.exists():
-        raise AlignSTSError(f"{source}: no such file or folder; give the downloaded archive or its extracted folder")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise AlignSTSError(f"--name {name}: use letters, digits, '.', '_' or '-'")
-    dest = imported_model_dir(name)
-    if dest.exists() and not overwrite:
-        raise AlignSTSError(f"{dest}: a model named '{name}' is already imported; pass --overwrite to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".import-", dir=dest.parent) as tmp:
-        tmp = Path(tmp)
-        root = source
-        if source.is_file() and source.suffix != ".ckpt":
-            root = _extract_archive(source, tmp / "archive")
-        import_official(root, tmp / "model" / "acoustic")
-        voc_src = Path(vocoder).expanduser() if vocoder is not None else (
-            _find_vocoder_folder(root) if root.is_dir() else None)
-        if voc_src is None:
-            raise AlignSTSError(
-                f"{source}: no HiFi-GAN checkpoint found (a folder named like 'hifigan' holding a .ckpt); "
-                "give it with --vocoder"
-            )
-        model, _, _ = load_official_nsf(voc_src)
-        save_vocoder(model, tmp / "model" / "vocoder")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp / "model", dest)
-    return dest

@@ -22,6 +22,9 @@ SILENCE_DBFS = -60.0
 #: Output containers chosen by extension.
 OUTPUT_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+#: Speech and singing are analysed at their own rate, kept within these bounds.
+MIN_WORK_SR = 8000
+MAX_WORK_SR = 48000
 
 
 def _wav_truncation(path: Path) -> tuple[int, int] | None:
@@ -95,6 +98,29 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
 
 
+def to_work_rate(audio: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
+    """``[n]`` audio at its own rate when that lies within 8-48 kHz, else resampled to the nearer bound."""
+    if sr > MAX_WORK_SR:
+        return resample(audio, sr, MAX_WORK_SR), MAX_WORK_SR
+    if sr < MIN_WORK_SR:
+        return resample(audio, sr, MIN_WORK_SR), MIN_WORK_SR
+    return audio, sr
+
+
+def fade_envelope(n: int, fade: int, *, fade_in: bool = True, fade_out: bool = True, dtype=np.float32) -> np.ndarray:
+    """Gain ``[n]``: linear ramps of ``fade`` samples up at the start and down at the end, 1 between.
+
+    Pieces joined by overlap-add with these envelopes cross-fade into each other.
+    """
+    env = np.ones(n, dtype=dtype)
+    k = min(fade, n)
+    if fade_in and k:
+        env[:k] = np.linspace(0, 1, k)
+    if fade_out and k:
+        env[-k:] = np.minimum(env[-k:], np.linspace(1, 0, k))
+    return env
+
+
 def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
     """``audio`` cut or zero-padded to exactly ``n`` samples (Praat's resynthesis can differ by a few)."""
     return audio[:n] if len(audio) >= n else np.pad(audio, (0, n - len(audio)))
@@ -123,6 +149,13 @@ def check_speech(audio: np.ndarray, sr: int, path: str | os.PathLike) -> None:
         raise AlignSTSError(
             f"{path}: the recording is silent (loudest part {level:.0f} dBFS); check the file or the microphone level"
         )
+
+
+def load_speech(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Speech as mono float32 at its own rate (within 8-48 kHz), checked for length and silence."""
+    audio, sr = to_work_rate(*load_audio(path, what="speech"))
+    check_speech(audio, sr, path)
+    return audio, sr
 
 
 def save_audio(

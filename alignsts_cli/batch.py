@@ -8,13 +8,13 @@ Three ways, tried in this order:
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignsts_cli.audio import AUDIO_EXTENSIONS
 from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.files import read_path_rows
 
 MANIFEST = "pairs.csv"
 #: Suffixes searched, in order, for a speech file's melody when pairing by stem.
@@ -50,27 +50,17 @@ def _output_for(speech: Path, folder: Path, outdir: Path) -> Path:
 def read_manifest(manifest: Path, outdir: Path) -> list[Job]:
     """Jobs from a ``speech,melody[,output]`` CSV (a header row is optional)."""
     base = manifest.parent
-    try:
-        rows = list(csv.reader(manifest.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AlignSTSError(f"{manifest}: cannot read the manifest ({exc}); it must be a text CSV") from None
-    rows = [r for r in rows if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["speech", "melody"]:
-        rows = rows[1:]
-    if not rows:
-        raise AlignSTSError(f"{manifest}: the manifest lists no pairs; add lines 'speech.wav,melody.mid'")
+    rows = read_path_rows(manifest, header=("speech", "melody"), what="the manifest", example="speech.wav,melody.mid")
     jobs = []
     for n, row in enumerate(rows, 1):
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+        if len(row) < 2 or not row[0] or not row[1]:
             raise AlignSTSError(f"{manifest}: row {n} needs at least 'speech,melody'; fix it")
-        speech = base / row[0].strip()
-        melody = base / row[1].strip()
-        out = row[2].strip() if len(row) > 2 and row[2].strip() else None
+        out = row[2] if len(row) > 2 and row[2] else None
         if out:
             output = Path(out) if Path(out).is_absolute() else outdir / out
         else:
-            output = outdir / Path(row[0].strip()).with_suffix(".wav")
-        jobs.append(Job(speech, melody, output))
+            output = outdir / Path(row[0]).with_suffix(".wav")
+        jobs.append(Job(base / row[0], base / row[1], output))
     return jobs
 
 
@@ -109,3 +99,60 @@ def find_jobs(
         match = next((s.with_name(s.stem + suf) for suf in MELODY_SUFFIXES if s.with_name(s.stem + suf).is_file()), None)
         jobs.append(Job(s, match, _output_for(s, folder, outdir)))
     return jobs
+
+
+@dataclass
+class Outcome:
+    """What became of one job: ``ok`` (with the seconds sung), ``skipped`` or ``failed`` (with why)."""
+
+    job: Job
+    status: str  # ok | skipped | failed
+    seconds: float | None = None
+    note: str = ""
+
+
+def no_melody_note(job: Job) -> str:
+    looked = ", ".join(job.speech.stem + s for s in MELODY_SUFFIXES[:4])
+    return f"no melody found (looked for {looked}, ...)"
+
+
+def run_jobs(converter, jobs: list[Job], *, overwrite: bool = False, progress=None, **convert_options) -> list[Outcome]:
+    """Convert every job with ``converter`` (an ``api.Converter``); one outcome per job, in the jobs' order.
+
+    The rules of a batch: a job without a melody fails with a note saying where it looked; an output
+    that already exists is skipped unless ``overwrite`` (so running the same batch again finishes what
+    an interrupted one left); one failure never stops the rest, and a bug met on one file is reported
+    for the files not yet done instead of hiding what was done. ``progress(outcome)`` is called as
+    each job finishes; ``convert_options`` go to ``Converter.convert_many``.
+    """
+    done: dict[int, Outcome] = {}
+
+    def record(outcome: Outcome) -> None:
+        done[id(outcome.job)] = outcome
+        if progress is not None:
+            progress(outcome)
+
+    todo = []
+    for job in jobs:
+        if job.melody is None:
+            record(Outcome(job, "failed", note=no_melody_note(job)))
+        elif job.output.exists() and not overwrite:
+            record(Outcome(job, "skipped", note="output exists (--overwrite to redo)"))
+        else:
+            todo.append(job)
+    by_key = {(str(j.speech), str(j.melody), str(j.output)): j for j in todo}
+    try:
+        for (speech, melody, output), res in converter.convert_many(
+                [(j.speech, j.melody, j.output) for j in todo], overwrite=overwrite, **convert_options):
+            job = by_key[(str(speech), str(melody), str(output))]
+            if isinstance(res, AlignSTSError):
+                record(Outcome(job, "failed", note=str(res)))
+            elif isinstance(res, Exception):
+                record(Outcome(job, "failed", note=f"internal error ({type(res).__name__}: {res})"))
+            else:
+                record(Outcome(job, "ok", res.seconds))
+    except Exception as exc:  # a bug must not hide what was already done
+        for job in todo:
+            if id(job) not in done:
+                record(Outcome(job, "failed", note=f"internal error ({type(exc).__name__}: {exc})"))
+    return [done[id(j)] for j in jobs]

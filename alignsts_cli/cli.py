@@ -5,6 +5,7 @@ Heavy modules (numpy, Praat, torch) are imported inside the commands so that
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -35,6 +36,33 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _progress(kind: str, description: str | None = None, total=None, width: int = 0):
+    """One transient rich progress bar on stderr, hidden when stderr is not a terminal; yields (bar, task).
+
+    ``kind``: "stages" (a fraction 0..1 with the stage as description, and the time elapsed), "items"
+    (done of total, time remaining) or "bytes" (downloads; tasks are added by the caller: task is None).
+    """
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+
+    columns = {
+        "stages": (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), TimeElapsedColumn()),
+        "items": (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()),
+        "bytes": (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()),
+    }[kind]
+    err = _console(stderr=True)
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        yield bar, (bar.add_task(description, total=total) if description is not None else None)
+
+
+@contextlib.contextmanager
+def _stages(description: str, width: int):
+    """A "stages" bar; yields the API's ``progress(stage, fraction)`` callback that drives it."""
+    with _progress("stages", description, total=1.0, width=width) as (bar, task):
+        yield lambda stage, frac: bar.update(task, description=stage, completed=frac)
 
 
 def _error(message: str) -> None:
@@ -148,8 +176,6 @@ def convert(
     overwrite: Overwrite = False,
 ):
     """Sing SPEECH to a melody: alignsts convert speech.wav --melody song.mid -o out.wav"""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from alignsts_cli import api
 
     out = output if output is not None else speech.with_name(speech.stem + "-sung.wav")
@@ -157,16 +183,11 @@ def convert(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
     )
-    err = _console(stderr=True)
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
-    with Progress(
-        TextColumn("{task.description:<22}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("loading", total=1.0)
+    with _stages("loading", 22) as show:
         result = converter.convert(
             speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
-            progress=lambda stage, frac: bar.update(task, description=stage, completed=frac),
+            progress=show,
         )
     info = result.info
     extra = ""
@@ -216,11 +237,8 @@ def batch(
 
     Pairs come from pairs.csv, from --melody, or from matching names (take1.wav + take1.mid).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
-
     from alignsts_cli import api
-    from alignsts_cli.batch import MELODY_SUFFIXES, find_jobs
+    from alignsts_cli.batch import find_jobs, run_jobs
 
     if output_dir is None:
         base = folder.expanduser().resolve()
@@ -231,66 +249,40 @@ def batch(
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
     )
     jobs = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
-    err = _console(stderr=True)
     if converter.engine == "alignsts":
-        err.print(f"using the {converter.describe()}")
-    rows = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-        transient=True, disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("converting", total=len(jobs))
-        todo = []
-        for job in jobs:
-            if job.melody is None:
-                looked = ", ".join(job.speech.stem + s for s in MELODY_SUFFIXES[:4])
-                rows.append((job, "failed", None, f"no melody found (looked for {looked}, ...)"))
-                bar.advance(task)
-            elif job.output.exists() and not overwrite:
-                rows.append((job, "skipped", None, "output exists (--overwrite to redo)"))
-                bar.advance(task)
-            else:
-                todo.append(job)
-        by_key = {(str(j.speech), str(j.melody), str(j.output)): j for j in todo}
-        try:
-            for (speech_path, melody_path, out_path), res in converter.convert_many(
-                [(j.speech, j.melody, j.output) for j in todo], melody_options=options, vibrato=vibrato, seed=seed,
-                overwrite=overwrite,
-            ):
-                job = by_key[(str(speech_path), str(melody_path), str(out_path))]
-                bar.update(task, description=f"converted {job.speech.name}")
-                if isinstance(res, AlignSTSError):
-                    rows.append((job, "failed", None, str(res)))
-                elif isinstance(res, Exception):
-                    rows.append((job, "failed", None, f"internal error ({type(res).__name__}: {res})"))
-                else:
-                    rows.append((job, "ok", res.seconds, ""))
-                bar.advance(task)
-        except Exception as exc:  # a bug must not hide what was already done
-            done = {id(r[0]) for r in rows}
-            for job in todo:
-                if id(job) not in done:
-                    rows.append((job, "failed", None, f"internal error ({type(exc).__name__}: {exc})"))
+        _console(stderr=True).print(f"using the {converter.describe()}")
+    with _progress("items", "converting", total=len(jobs)) as (bar, task):
+        def show(outcome):
+            if outcome.status != "skipped" and outcome.job.melody is not None:
+                bar.update(task, description=f"converted {outcome.job.speech.name}")
+            bar.advance(task)
 
-    order = {id(j): k for k, j in enumerate(jobs)}
-    rows.sort(key=lambda r: order[id(r[0])])
+        outcomes = run_jobs(converter, jobs, overwrite=overwrite, progress=show, melody_options=options,
+                            vibrato=vibrato, seed=seed)
+    _batch_table(folder, output_dir, outcomes)
+    if converter.notice:
+        print(converter.notice, file=sys.stderr)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _batch_table(folder: Path, output_dir: Path, outcomes) -> None:
+    """The batch's table (one row per file) and its counts, on stdout."""
+    from rich.table import Table
+
     table = Table(title=f"alignsts batch: {folder}", show_lines=False)
     for col in ("speech", "melody", "result", "seconds", "output / reason"):
         table.add_column(col, overflow="fold")
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
-    for job, status, secs, note in rows:
+    for o in outcomes:
         table.add_row(
-            str(job.speech), str(job.melody) if job.melody else "-", f"[{colour[status]}]{status}[/]",
-            f"{secs:.1f}" if secs is not None else "", note or str(job.output),
+            str(o.job.speech), str(o.job.melody) if o.job.melody else "-", f"[{colour[o.status]}]{o.status}[/]",
+            f"{o.seconds:.1f}" if o.seconds is not None else "", o.note or str(o.job.output),
         )
     out = _console()
     out.print(table)
-    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("ok", "skipped", "failed")}
+    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} converted, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {output_dir}")
-    if converter.notice:
-        print(converter.notice, file=sys.stderr)
-    if counts["failed"]:
-        raise typer.Exit(EXIT_USER_ERROR)
 
 
 @app.command("extract-f0")
@@ -332,7 +324,6 @@ def download_weights(
     ] = None,
 ):
     """Fetch the model weights listed in weights.lock, verify their sha256, and list what is present."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
     from rich.table import Table
 
     from alignsts_cli import weights as W
@@ -348,11 +339,7 @@ def download_weights(
         return
     notes = []
     if not list_only:
-        err = _console(stderr=True)
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
-            transient=True, disable=not err.is_terminal,
-        ) as bar:
+        with _progress("bytes") as (bar, _):
             tasks: dict[str, int] = {}
 
             def show(done, total, label):
@@ -424,16 +411,9 @@ def make_corpus(
     """
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from alignsts_cli.training import corpus as C
 
-    from alignsts_cli import corpus as C
-
-    err = _console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-        transient=True, disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("planning", total=None)
+    with _progress("items", "planning") as (bar, task):
         manifest = C.make_corpus(
             output, seed=seed, voices=voices, sentences=sentences, melodies=melodies, items=items, workers=workers,
             overwrite=overwrite,
@@ -468,27 +448,18 @@ def prepare(
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda: where the feature models run.")] = "auto",
 ):
     """Extract what training needs (content, speaker, singing mel and F0, speech mel) once, into a cache."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from alignsts_cli import data
-    from alignsts_cli.engines.alignsts import pick_device
+    from alignsts_cli.training import cache as prepared
+    from alignsts_cli.runtime import pick_device
 
     dim = content_dim if content_dim is not None else (32 if content == "wav2vec2-ctc" else 20)
     content_model = None
     if content == "wav2vec2-ctc":
-        from alignsts_cli import weights as W
+        from alignsts_cli.voices import content_model as wav2vec2_folder
 
-        comp = W.find(W.read_lock(), "content")
-        if comp is None:
-            raise AlignSTSError("weights.lock lists no wav2vec2 content model; use --content mfcc")
-        content_model = W.resolve(comp).folder
-    err = _console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-        transient=True, disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("reading the dataset", total=None)
-        res = data.prepare(
+        content_model = wav2vec2_folder(needed_by="--content wav2vec2-ctc needs the wav2vec2 content model",
+                                        instead="use --content mfcc")
+    with _progress("items", "reading the dataset") as (bar, task):
+        res = prepared.prepare(
             dataset, output, profile=profile, content_kind=content, content_dim=dim, content_model=content_model,
             seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, device=pick_device(device),
             progress=lambda done, total, item_id: bar.update(task, description=f"preparing {item_id}",
@@ -527,25 +498,18 @@ def train_command(
     OUTPUT/samples/, and the newest model as OUTPUT/voice (convert --engine alignsts --model OUTPUT/voice).
     Run the same command again to resume after an interruption.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from alignsts_cli.train import TrainConfig, checkpoints, train
+    from alignsts_cli.training.train import TrainConfig, checkpoints, train
 
     cfg = TrainConfig.load(config) if config is not None else None
     if cfg is None and not (output / "train_config.json").exists():
         raise AlignSTSError("a new training run needs --config (e.g. --config compact-16k, or a JSON file like "
-                            "alignsts_cli/configs/compact-16k.json)")
+                            "alignsts_cli/training/configs/compact-16k.json)")
     if cfg is None:
         cfg = TrainConfig.load(output / "train_config.json")
     changes = {k: v for k, v in (("steps", steps), ("device", device)) if v is not None}
     if changes:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
-    err = _console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-        transient=True, disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("training", total=cfg.steps)
+    with _progress("items", "training", total=cfg.steps) as (bar, task):
 
         def show(step, total, info):
             bar.update(task, completed=step, total=total, description=f"loss {info['total']:.3f} lr {info['lr']:.2e}")
@@ -612,11 +576,8 @@ def evaluate(
 
     alignsts evaluate CACHE -s ground-truth -s psola -s alignsts:VOICE  |  alignsts evaluate --references REFS --outputs OUTS
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from alignsts_cli import evaluate as ev
-    from alignsts_cli.engines.alignsts import check_precision, set_threads
+    from alignsts_cli.runtime import check_precision, set_threads
+    from alignsts_cli.training import evaluate as ev
 
     check_precision(precision)
     set_threads(threads)
@@ -627,26 +588,31 @@ def evaluate(
         raise AlignSTSError("give a prepared cache (alignsts evaluate CACHE), or --references with --outputs, or --pairs")
     if by_files and system:
         raise AlignSTSError("--system runs systems on a cache; with --references/--pairs the outputs are already made")
-    err = _console(stderr=True)
-    with Progress(
-        TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("evaluating", total=1.0)
-        show = lambda stage, frac: bar.update(task, description=stage, completed=frac)  # noqa: E731
-        if cache is not None:
+    if not by_files:
+        found = None
+    elif pairs is not None:
+        found = ev.read_pairs(pairs)
+    elif references is None or not outputs:
+        raise AlignSTSError("--references and --outputs go together: give both")
+    else:
+        found = ev.find_pairs(references, outputs, speech)
+    with _stages("evaluating", 28) as show:
+        if found is None:
             report = ev.evaluate_systems(
                 cache, system or ev.DEFAULT_SYSTEMS, output_dir, split=split, limit=limit, device=device,
                 precision=precision, seed=0 if seed is None else seed, overwrite=overwrite, progress=show,
             )
         else:
-            if pairs is not None:
-                found = ev.read_pairs(pairs)
-            elif references is None or not outputs:
-                raise AlignSTSError("--references and --outputs go together: give both")
-            else:
-                found = ev.find_pairs(references, outputs, speech)
             report = ev.evaluate_pairs(found, output_dir, profile=profile, overwrite=overwrite, progress=show)
+    _report_table(report, output_dir)
+    if report.failures:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _report_table(report, output_dir: Path) -> None:
+    """The scorecard on stdout, the first failures on stderr."""
+    from rich.table import Table
+
     rows = report.table()
     table = Table(title=f"alignsts evaluate: {report.settings.get('source', '')} ({report.settings['sample_rate']} Hz)")
     for k, col in enumerate(rows[0]):
@@ -660,8 +626,6 @@ def evaluate(
     if len(report.failures) > 10:
         print(f"... and {len(report.failures) - 10} more failures (see report.md)", file=sys.stderr)
     out.print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
-    if report.failures:
-        raise typer.Exit(EXIT_USER_ERROR)
 
 
 def main() -> None:

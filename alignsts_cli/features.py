@@ -1,6 +1,6 @@
 """Features of the speech for the neural engine: content, speaker embedding, pitch-flattened audio.
 
-- Content (SPEC.md section 3): the speech with its pitch flattened to the speaker's
+- Content (docs/audio-and-metrics.md): the speech with its pitch flattened to the speaker's
   median F0 (Praat PSOLA), at 16 kHz, through a content model. Kinds:
   ``wav2vec2-ctc`` (official: the CTC logits of ``facebook/wav2vec2-base-960h``,
   [T_c, 32] at 50 frames/s) and ``mfcc`` (offline, needs no download: per-utterance
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignsts_cli.audio import fit_length
+from alignsts_cli.audio import fit_length, resample
 from alignsts_cli.errors import AlignSTSError
 
 CONTENT_SR = 16000
@@ -40,6 +40,11 @@ def flatten_pitch(audio: np.ndarray, sr: int, target_hz: float, floor: float = 6
     return fit_length(out, len(audio)).astype(np.float32)
 
 
+def flat_speech(audio: np.ndarray, sr: int, median_f0: float, floor: float, ceiling: float) -> np.ndarray:
+    """What the content model hears: ``[n]`` speech at ``sr`` flattened to ``median_f0``, at 16 kHz ``[n16]``."""
+    return resample(flatten_pitch(audio, sr, median_f0, floor, ceiling), sr, CONTENT_SR)
+
+
 def mfcc_content(audio16: np.ndarray, n_mfcc: int) -> np.ndarray:
     """Per-utterance normalised MFCCs ``[T_c, n_mfcc]`` of 16 kHz audio, 50 frames/s."""
     import librosa
@@ -51,7 +56,7 @@ def mfcc_content(audio16: np.ndarray, n_mfcc: int) -> np.ndarray:
 
 
 class FeatureExtractor:
-    """Loads the content model and the speaker encoder once; ``__call__`` gives both features.
+    """Loads the content model and the speaker encoder once, for every file of a batch or a dataset.
 
     ``content_kind``: one of ``CONTENT_KINDS``; ``content_model``: a folder with a
     transformers Wav2Vec2ForCTC (``config.json`` + weights) for ``wav2vec2-ctc``.
@@ -104,8 +109,6 @@ class FeatureExtractor:
 
     def speaker(self, audio: np.ndarray, sr: int) -> np.ndarray:
         """Resemblyzer embedding ``[256]`` (unit norm) of ``[n]`` speech."""
-        from alignsts_cli.audio import resample
-
         wav16 = resample(audio, sr, CONTENT_SR)
         with _quiet_warnings():
             from resemblyzer import preprocess_wav
@@ -126,13 +129,10 @@ class FeatureExtractor:
             logits = self._w2v(torch.from_numpy(x)[None].to(self.device)).logits[0]  # [T_c, 32]
         return logits.float().cpu().numpy()
 
-    def __call__(self, audio: np.ndarray, sr: int, median_f0: float, floor: float = 60.0, ceiling: float = 600.0):
-        """(content ``[T_c, D]``, speaker ``[256]``) of ``[n]`` speech at ``sr``."""
-        from alignsts_cli.audio import resample
-
-        flat = flatten_pitch(audio, sr, median_f0, floor, ceiling)
-        flat16 = resample(flat, sr, CONTENT_SR)
-        return self.content(flat16), self.speaker(audio, sr)
+    def content_of(self, audio: np.ndarray, sr: int, median_f0: float, floor: float, ceiling: float) -> np.ndarray:
+        """Content features ``[T_c, D]`` of ``[n]`` speech (or singing) at ``sr``: flattened to ``median_f0``
+        within the Praat range ``floor``-``ceiling`` (:func:`flat_speech`), then :meth:`content`."""
+        return self.content(flat_speech(audio, sr, median_f0, floor, ceiling))
 
 
 class _quiet_warnings:

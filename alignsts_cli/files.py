@@ -105,3 +105,38 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data, *, indent: int = 1, sort_keys: bool = False) -> Path:
+    """Write ``data`` as JSON (UTF-8, one trailing newline) to ``path`` atomically."""
+    import json
+
+    return write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def read_path_rows(path: str | os.PathLike, *, header: tuple[str, ...], what: str, example: str) -> list[list[str]]:
+    """Rows of a small CSV that lists files (``batch``'s pairs.csv, ``evaluate --pairs``), cells stripped.
+
+    Blank rows and rows starting with ``#`` are skipped; a first row naming ``header`` is dropped.
+    ``what`` names the file in messages ("the manifest"); ``example`` says what a row holds.
+    """
+    import csv
+
+    p = Path(path)
+    try:
+        rows = list(csv.reader(p.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AlignSTSError(f"{p}: cannot read {what} ({exc}); it must be a text CSV") from None
+    rows = [[c.strip() for c in r] for r in rows if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    if rows and [c.lower() for c in rows[0][:len(header)]] == list(header):
+        rows = rows[1:]
+    if not rows:
+        raise AlignSTSError(f"{p}: {what} lists no pairs; write rows of {example}")
+    return rows

@@ -25,7 +25,7 @@ MIN_F0_HZ = 50.0
 MAX_F0_HZ = 1100.0
 #: Longest melody accepted, in seconds.
 MAX_MELODY_SECONDS = 360.0
-#: Praat autocorrelation settings for singing (SPEC.md section 3).
+#: Praat autocorrelation settings for singing (docs/audio-and-metrics.md).
 SINGING_F0_FLOOR = 80.0
 SINGING_F0_CEILING = 750.0
 SINGING_VOICING_THRESHOLD = 0.6

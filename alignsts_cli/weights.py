@@ -30,7 +30,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.errors import AlignSTSError, DownloadFailed, WeightsDamaged, WeightsMissing
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_LOCK = Path(__file__).with_name("weights.lock")
@@ -156,11 +156,10 @@ def _json_load(path: Path) -> dict:
 
 
 def _json_save(path: Path, data: dict) -> None:
-    from alignsts_cli.files import atomic_output
+    from alignsts_cli.files import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    write_json(path, data, sort_keys=True)
 
 
 def _pins(cache: Path) -> dict:
@@ -200,9 +199,9 @@ def _verified(path: Path, expected: str | None, cache: Path) -> bool:
 def _resolve_bundled(comp: Component) -> Resolved:
     path = (PACKAGE_DIR / comp.path).resolve()
     if not path.is_file():
-        raise AlignSTSError(f"bundled weights '{comp.name}' are missing ({path}); reinstall alignsts")
+        raise WeightsMissing(f"bundled weights '{comp.name}' are missing ({path}); reinstall alignsts")
     if sha256_file(path) != comp.sha256:
-        raise AlignSTSError(
+        raise WeightsDamaged(
             f"bundled weights '{comp.name}' ({path}) do not match their sha256 in weights.lock; reinstall alignsts"
         )
     return Resolved(comp, {path.name: path})
@@ -291,29 +290,29 @@ def resolve(
         except LocalEntryNotFoundError:
             if download and not offline():  # the Hub could not be reached and nothing is cached
                 endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-                raise AlignSTSError(
+                raise DownloadFailed(
                     f"could not reach {endpoint} to download {comp.repo}/{f.name}; check the network connection "
                     "(or set HF_ENDPOINT to a mirror) and run `alignsts download-weights` again"
                 ) from None
             if offline() and download:
-                raise AlignSTSError(
+                raise WeightsMissing(
                     f"HF_HUB_OFFLINE is set and '{comp.name}' ({comp.repo}/{f.name}) is not in the cache {cache}; "
                     "unset HF_HUB_OFFLINE and run `alignsts download-weights`"
                 ) from None
-            raise AlignSTSError(
+            raise WeightsMissing(
                 f"the '{comp.name}' weights ({comp.repo}/{f.name}) are not downloaded; run `alignsts download-weights`"
                 + (f" --cache-dir {cache_dir}" if cache_dir else "")
             ) from None
         except AlignSTSError:
             raise
         except Exception as exc:  # network, HTTP and repository errors from the Hub client
-            raise AlignSTSError(
+            raise DownloadFailed(
                 f"could not download {comp.repo}/{f.name} at revision {revision} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); check the network, or set HF_ENDPOINT to a mirror"
             ) from None
         if (f.size is not None and path.stat().st_size != f.size) or not _verified(path, want, cache):
             if local_only:
-                raise AlignSTSError(
+                raise WeightsDamaged(
                     f"the cached '{comp.name}' file {f.name} is corrupt (sha256 differs from weights.lock); "
                     "run `alignsts download-weights` to fetch it again"
                 )
@@ -321,7 +320,7 @@ def resolve(
             path = _hub_download(comp, f.name, revision, cache, local_only=False, force=True, progress=progress)
             if (f.size is not None and path.stat().st_size != f.size) or not _verified(path, want, cache):
                 _remove_cached(path)
-                raise AlignSTSError(
+                raise WeightsDamaged(
                     f"{comp.repo}/{f.name} at revision {revision} does not match its sha256 in weights.lock even "
                     "after downloading it again; the file on the Hub has changed: update alignsts or report it"
                 )
@@ -352,8 +351,9 @@ def status(comp: Component, cache_dir: str | os.PathLike | None = None) -> Statu
     """What is on disk for ``comp``, without touching the network."""
     try:
         res = resolve(comp, cache_dir=cache_dir, download=False)
+    except WeightsDamaged as exc:
+        return Status(comp, "corrupt", comp.revision, 0, str(exc))
     except AlignSTSError as exc:
-        state = "corrupt" if "corrupt" in str(exc) or "do not match" in str(exc) else "missing"
-        return Status(comp, state, comp.revision, 0, str(exc))
+        return Status(comp, "missing", comp.revision, 0, str(exc))
     size = sum(p.stat().st_size for p in res.files.values())
     return Status(comp, "present", res.revision, size)

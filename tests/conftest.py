@@ -89,3 +89,38 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def tiny_voice(folder: Path, content_kind="wav2vec2-ctc-logits", content_dim=32, **config) -> Path:
+    """A voice folder (acoustic/ + vocoder/) with tiny random models, for tests of the neural path."""
+    import torch
+
+    from alignsts_cli.model import AlignSTS, AlignSTSConfig, save_model
+    from alignsts_cli.model.checkpoint import save_vocoder
+    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig
+
+    torch.manual_seed(0)
+    cfg = AlignSTSConfig(content_kind=content_kind, content_dim=content_dim, aligner_layers=1, denoiser_layers=2,
+                         denoiser_channels=32, ffn_mult=1, **config)
+    save_model(AlignSTS(cfg), folder / "acoustic")
+    voc = HiFiGANConfig(upsample_initial_channel=32, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
+    save_vocoder(HiFiGAN(voc), folder / "vocoder")
+    return folder
+
+
+def fake_official_hifigan(folder: Path, seed: int = 0) -> Path:
+    """A folder with a random NSF-HiFiGAN checkpoint in the authors' layout (and an older, empty one)."""
+    import json
+
+    import torch
+
+    keys = json.loads((Path(__file__).parent / "data" / "official_hifigan_keys.json").read_text())["keys"]
+    g = torch.Generator().manual_seed(seed)
+    gen = {}
+    for key, shape in keys:
+        t = torch.randn(shape, generator=g) * 0.05
+        gen[key] = t.abs() + 0.5 if key.endswith("weight_g") else t
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"model_gen": gen}, "global_step": 200000}, folder / "model_ckpt_steps_200000.ckpt")
+    torch.save({"state_dict": {"model_gen": {}}}, folder / "model_ckpt_steps_1000.ckpt")  # older; must be skipped
+    return folder

@@ -1,4 +1,4 @@
-"""A Hugging Face Hub stand-in on 127.0.0.1 that speaks the download protocol (SPEC.md section 4).
+"""A Hugging Face Hub stand-in on 127.0.0.1 that speaks the download protocol.
 
 ``huggingface_hub`` talks to it through ``HF_ENDPOINT``: HEAD/GET
 ``/{repo}/resolve/{revision}/{file}`` with ``ETag`` and ``X-Repo-Commit``, 404 with

@@ -145,11 +145,11 @@ def test_download_weights_command(hub, tmp_path):
 
 def test_bundled_component_is_verified(tmp_path):
     """A bundled file whose sha256 differs from the lock's is refused, not loaded."""
-    target = W.PACKAGE_DIR / "configs" / "compact-16k.json"  # any file shipped in the package
+    target = W.PACKAGE_DIR / "training" / "configs" / "compact-16k.json"  # any file shipped in the package
     good = hashlib.sha256(target.read_bytes()).hexdigest()
-    comp = _component(tmp_path, f'[[component]]\nname = "acoustic"\npath = "configs/compact-16k.json"\nsha256 = "{good}"\n')
+    comp = _component(tmp_path, f'[[component]]\nname = "acoustic"\npath = "training/configs/compact-16k.json"\nsha256 = "{good}"\n')
     assert W.resolve(comp).files == {"compact-16k.json": target}
-    bad = _component(tmp_path, f'[[component]]\nname = "acoustic"\npath = "configs/compact-16k.json"\nsha256 = "{"0" * 64}"\n')
+    bad = _component(tmp_path, f'[[component]]\nname = "acoustic"\npath = "training/configs/compact-16k.json"\nsha256 = "{"0" * 64}"\n')
     with pytest.raises(AlignSTSError, match="do not match their sha256"):
         W.resolve(bad)
     assert W.status(bad).state == "corrupt"

@@ -4,194 +4,33 @@ speech ─► pitch-flattened speech ─► content features [T_c, D] ┐
 speech ─► Resemblyzer speaker embedding [256]                 ├─► AlignSTS ─► mel [T, 80] ─► HiFi-GAN ─► song
 melody ─► target F0 on the model's frame grid [T]             ┘
 
-A *voice model* is a folder with ``acoustic/`` (our AlignSTS format) and ``vocoder/``
-(our HiFi-GAN format), each possibly a single ``.safetensors`` file, and optionally ``content/`` (a transformers wav2vec2 folder);
-without it the content model comes from ``weights.lock`` when the acoustic model's
-config asks for one. Long songs are cut at rests of the melody
-(and the matching pauses of the speech, found by the same syllable-to-note assignment
-the psola engine uses) into chunks of at most ``MAX_CHUNK_SECONDS``, converted one by
-one (batched on CUDA) and joined with short cross-fades, so memory stays bounded.
+The voice (where its weights are) comes from :mod:`alignsts_cli.voices`; the device and precision
+from :mod:`alignsts_cli.runtime`. Long songs are cut at rests of the melody (and the matching pauses
+of the speech, found by the syllable-to-note assignment of :mod:`alignsts_cli.analysis`) into chunks
+of at most ``MAX_CHUNK_SECONDS``, converted one by one (batched on CUDA) and joined with short
+cross-fades, so memory stays bounded.
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from alignsts_cli.analysis import SpeechAnalysis, assign_syllables
+from alignsts_cli.audio import fade_envelope, resample
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.melody import Melody
+from alignsts_cli.runtime import pick_device, use_bf16_vocoder
+from alignsts_cli.voices import VoiceModel
 
 #: Longest stretch of melody converted at once, seconds.
 MAX_CHUNK_SECONDS = 16.0
 #: Cross-fade between chunks, seconds.
-XFADE = 0.02
+CHUNK_XFADE = 0.02
 #: Audio per vocoder window (HiFiGAN.forward(window=)): the fastest of 0.5, 1 and 2 s for the official
 #: vocoder on a 30 s input on the 2-core CPU this was written on (the context costs less as windows grow).
 VOCODER_WINDOW_SECONDS = 2.0
-#: Where imported models live (``alignsts import-checkpoint``): ALIGNSTS_HOME/models/<name>.
-DEFAULT_IMPORTED = "official"
-
-
-def alignsts_home() -> Path:
-    return Path(os.environ.get("ALIGNSTS_HOME") or Path.home() / ".local" / "share" / "alignsts").expanduser()
-
-
-def imported_model_dir(name: str = DEFAULT_IMPORTED) -> Path:
-    return alignsts_home() / "models" / name
-
-
-@dataclass
-class VoiceModel:
-    """Where the parts of a neural voice are on disk."""
-
-    acoustic: Path
-    vocoder: Path
-    source: str  # what the user should read: "imported official", "weights.lock", a path
-    content: Path | None = None  # folder of the wav2vec2 model, when the acoustic model uses one
-
-
-def _voice_part(p: Path, name: str) -> Path | None:
-    """``p/name/`` (config + weights) or ``p/name.safetensors`` (one file, config in its metadata)."""
-    if (p / name).is_dir():
-        return p / name
-    if (p / f"{name}.safetensors").is_file():
-        return p / f"{name}.safetensors"
-    return None
-
-
-def _is_voice_folder(p: Path) -> bool:
-    return _voice_part(p, "acoustic") is not None and _voice_part(p, "vocoder") is not None
-
-
-def _voice_in(p: Path, source: str) -> VoiceModel:
-    return VoiceModel(_voice_part(p, "acoustic"), _voice_part(p, "vocoder"), source)
-
-
-def locate(model: str | os.PathLike | None = None, *, cache_dir=None) -> VoiceModel:
-    """Find the neural voice: ``model`` (a folder), else an imported one, else weights.lock's.
-
-    Never downloads: missing weights raise ``AlignSTSError`` naming the command to run.
-    """
-    from alignsts_cli import weights as W
-
-    comps = W.read_lock()
-    if model is not None:
-        p = Path(model).expanduser()
-        if not p.exists() and os.sep not in str(model) and _is_voice_folder(imported_model_dir(str(model))):
-            p = imported_model_dir(str(model))  # a name given to `alignsts import-checkpoint --name`
-        if not _is_voice_folder(p):
-            raise AlignSTSError(f"{p}: not a voice model (a folder with acoustic/ and vocoder/); check --model")
-        voice = _voice_in(p, str(p))
-    elif _is_voice_folder(imported_model_dir()):
-        p = imported_model_dir()
-        voice = _voice_in(p, f"imported ({p})")
-    else:
-        acoustic, vocoder = W.find(comps, "acoustic"), W.find(comps, "vocoder")
-        if acoustic is None or vocoder is None:
-            raise AlignSTSError(
-                "no AlignSTS weights are installed: import the authors' checkpoint with "
-                "`alignsts import-checkpoint ARCHIVE`, or use --engine psola"
-            )
-        a = W.resolve(acoustic, cache_dir=cache_dir)
-        v = W.resolve(vocoder, cache_dir=cache_dir)
-        voice = VoiceModel(_part(a), _part(v), "bundled" if acoustic.bundled else "weights.lock")
-    kind = _content_kind(voice.acoustic)
-    own_content = voice.acoustic.parent / "content"  # the voice folder's, whether acoustic is a folder or a file
-    if kind.startswith("wav2vec2") and (own_content / "config.json").is_file():
-        voice.content = own_content  # a self-contained voice folder carries its content model
-    elif kind.startswith("wav2vec2"):
-        content = W.find(comps, "content")
-        if content is None:
-            raise AlignSTSError(f"the acoustic model needs the '{kind}' content model, which weights.lock does not list")
-        voice.content = W.resolve(content, cache_dir=cache_dir).folder
-    return voice
-
-
-def _part(res) -> Path:
-    """A single-file component is that file (config in its metadata), else the folder of its files."""
-    files = list(res.files.values())
-    return files[0] if len(files) == 1 else res.folder
-
-
-def _content_kind(acoustic: Path) -> str:
-    import json
-
-    from alignsts_cli.model.checkpoint import CONFIG_NAME, METADATA_KEY
-
-    try:
-        if acoustic.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(acoustic), framework="pt") as f:
-                return json.loads((f.metadata() or {})[METADATA_KEY]).get("content_kind", "wav2vec2-ctc-logits")
-        return json.loads((acoustic / CONFIG_NAME).read_text()).get("content_kind", "wav2vec2-ctc-logits")
-    except Exception:  # missing file, bad JSON, damaged safetensors: all mean "get it again"
-        raise AlignSTSError(f"{acoustic}: the acoustic model has no readable config; import or download it again") from None
-
-
-def available(model=None, cache_dir=None) -> bool:
-    try:
-        locate(model, cache_dir=cache_dir)
-        return True
-    except AlignSTSError:
-        return False
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AlignSTSError("--device cuda: no CUDA GPU is available to torch here; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise AlignSTSError(f"--device {device}: use auto, cpu or cuda")
-    return device
-
-
-PRECISIONS = ("auto", "float32")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise AlignSTSError(f"--precision {precision}: use auto or float32")
-    return precision
-
-
-def set_threads(threads: int | None) -> None:
-    """``--threads``: torch's CPU threads for this process (None leaves torch's default)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise AlignSTSError(f"--threads {threads}: use 1 or more")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    import torch
-
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except Exception:  # a private torch helper: absent or failing means "no"
-            pass
-    return False
-
-
-def describe_device(device: str, vocoder_bf16: bool = False) -> str:
-    import torch
-
-    if device == "cuda":
-        return f"CUDA ({torch.cuda.get_device_name(0)}, half precision)"
-    return f"CPU ({torch.get_num_threads()} threads{', bfloat16 vocoder' if vocoder_bf16 else ''})"
 
 
 @dataclass
@@ -210,8 +49,6 @@ def plan_chunks(melody: Melody, syllables, speech_seconds: float, max_seconds: f
     """
     if melody.duration <= max_seconds or len(syllables) < 2:
         return [Chunk(0.0, melody.duration, 0.0, speech_seconds)]
-    from alignsts_cli.engines.psola import assign_syllables
-
     notes = melody.notes
     groups = assign_syllables(syllables, notes)
     # Possible cuts after group g: (melody time, speech time, is it a rest?)
@@ -239,6 +76,40 @@ def plan_chunks(melody: Melody, syllables, speech_seconds: float, max_seconds: f
 
 
 @dataclass
+class ChunkInput:
+    """What the acoustic model and the vocoder take for one chunk of one song."""
+
+    content: np.ndarray  # [T_c, D] content features of the chunk's pitch-flattened speech
+    f0: np.ndarray  # [T] target F0 (Hz, 0 = rest) on the mel grid
+    noise: object  # torch [steps + 1, 1, 1, n_mels, T]: x_T, then one draw per diffusion step
+    phases: object  # torch [1, harmonics + 1]: the NSF source's start phases (the first is 0)
+    start: int  # first mel frame of the chunk in the song
+    source_rhythm: np.ndarray | None  # [T_s] rhythm curve of the chunk's speech (voices without the adaptor)
+    speaker: np.ndarray  # [256] Resemblyzer embedding of the whole speech
+
+
+@dataclass
+class ChunkOutput:
+    """The acoustic model's output for one chunk."""
+
+    mel: np.ndarray  # [T, n_mels]
+    codes: np.ndarray | None  # [T] rhythm codes (None without the rhythm adaptor)
+    attention: np.ndarray  # [T, T_c]
+
+
+@dataclass
+class SongPlan:
+    """One song between planning and rendering: its chunks, their inputs and the noise generator."""
+
+    inputs: list[ChunkInput]
+    chunks: list[Chunk]
+    melody: Melody
+    f0: np.ndarray  # [frames] target F0 of the whole song on the mel grid
+    frames: int
+    gen: object  # the torch.Generator the vocoder's noise is drawn from, after the chunks' draws
+
+
+@dataclass
 class NeuralResult:
     audio: np.ndarray  # [n] at sample_rate
     sample_rate: int
@@ -258,17 +129,13 @@ class NeuralEngine:
         import torch
 
         from alignsts_cli.features import FeatureExtractor
-        from alignsts_cli.model import load_model
-        from alignsts_cli.model.hifigan import load_vocoder
+        from alignsts_cli.model.checkpoint import load_model, load_vocoder
         from alignsts_cli.profiles import get_profile
 
         self.voice = voice
         self.device = pick_device(device)
         self.half = self.device == "cuda"
-        # precision "auto" on a CPU with native bfloat16: the vocoder's convolutions run in bf16, about twice
-        # as fast; on the bundled voice's test items the scores do not move (LSD 8.942 -> 8.937, RCA 0.981 both;
-        # README: Speed and memory). "float32" keeps every stage in float32.
-        self.vocoder_bf16 = check_precision(precision) == "auto" and self.device == "cpu" and cpu_has_bf16()
+        self.vocoder_bf16 = use_bf16_vocoder(precision, self.device)
         self.acoustic = load_model(voice.acoustic, device=self.device)
         self.vocoder, vcfg, vprofile = load_vocoder(voice.vocoder, device=self.device)
         cfg = self.acoustic.config
@@ -290,9 +157,9 @@ class NeuralEngine:
     def _frames(self, seconds: float) -> int:
         return max(1, int(math.ceil(seconds * self.profile.sample_rate / self.profile.hop_length)))
 
-    def sing(self, audio: np.ndarray, sr: int, melody: Melody, analysis, *, seed: int = 0,
+    def sing(self, audio: np.ndarray, sr: int, melody: Melody, analysis: SpeechAnalysis, *, seed: int = 0,
              progress=None) -> NeuralResult:
-        """Sing ``[n]`` speech at ``sr`` to ``melody``; ``analysis`` is the psola engine's speech analysis."""
+        """Sing ``[n]`` speech at ``sr`` to ``melody``; ``analysis`` is the speech's (:mod:`alignsts_cli.analysis`)."""
         return self.sing_many([(audio, sr, melody, analysis, seed)], progress=progress)[0]
 
     def sing_many(self, jobs, progress=None) -> list[NeuralResult]:
@@ -306,7 +173,7 @@ class NeuralEngine:
         for j, job in enumerate(jobs):
             plans.append(self._plan(*job, timings[j]))
             step(0.1 * (j + 1) / len(jobs))
-        items = [(j, k, item) for j, plan in enumerate(plans) for k, item in enumerate(plan["items"])]
+        items = [(j, k, item) for j, plan in enumerate(plans) for k, item in enumerate(plan.inputs)]
         outs: dict = {}
         batch = self.batch_size
         for i in range(0, len(items), batch):
@@ -320,32 +187,30 @@ class NeuralEngine:
         results = []
         for j, plan in enumerate(plans):
             t0 = time.perf_counter()
-            results.append(self._render(plan, [outs[j, k] for k in range(len(plan["items"]))], timings[j]))
+            results.append(self._render(plan, [outs[j, k] for k in range(len(plan.inputs))], timings[j]))
             timings[j]["vocoder"] += time.perf_counter() - t0
             step(0.7 + 0.3 * (j + 1) / len(plans))
         return results
 
-    def _plan(self, audio, sr, melody, analysis, seed, timings) -> dict:
+    def _plan(self, audio, sr, melody, analysis, seed, timings) -> SongPlan:
         """Chunks, speaker embedding, content features, target F0 and noise draws of one song."""
         import time
 
-        torch = self.torch
-        from alignsts_cli.audio import resample
-        from alignsts_cli.features import CONTENT_SR, flatten_pitch
+        from alignsts_cli.features import CONTENT_SR, flat_speech
 
+        torch = self.torch
         p = self.profile
         t0 = time.perf_counter()
         chunks = plan_chunks(melody, analysis.syllables, len(audio) / sr)
         speaker = self.features.speaker(audio, sr)
         t1 = time.perf_counter()
         timings["speaker"] += t1 - t0
-        flat16 = resample(flatten_pitch(audio, sr, analysis.median_f0, analysis.f0_floor, analysis.f0_ceiling),
-                          sr, CONTENT_SR)
+        flat16 = flat_speech(audio, sr, analysis.median_f0, analysis.f0_floor, analysis.f0_ceiling)
         hop_s = p.hop_length / p.sample_rate
         total_frames = self._frames(melody.duration)
         f0_full = melody.frames(hop_s, total_frames)  # [T]
         gen = torch.Generator().manual_seed(int(seed))  # CPU draws: the same noise on every device
-        items = []
+        inputs = []
         for k, ch in enumerate(chunks):
             a, b = int(round(ch.s0 * CONTENT_SR)), int(round(ch.s1 * CONTENT_SR))
             seg = flat16[a:b]
@@ -358,41 +223,36 @@ class NeuralEngine:
             noise = torch.randn(self.acoustic.config.diffusion_steps + 1, 1, 1, p.n_mels, len(f0), generator=gen)
             phases = torch.rand(1, self.vocoder.config.nsf_harmonics + 1, generator=gen)
             phases[:, 0] = 0
-            items.append((content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch), speaker))
+            inputs.append(ChunkInput(content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch), speaker))
         timings["content"] += time.perf_counter() - t1
-        return {"items": items, "chunks": chunks, "melody": melody, "f0": f0_full, "frames": total_frames, "gen": gen}
+        return SongPlan(inputs, chunks, melody, f0_full, total_frames, gen)
 
-    def _render(self, plan: dict, outs: list[dict], timings: dict) -> NeuralResult:
+    def _render(self, plan: SongPlan, outs: list[ChunkOutput], timings: dict) -> NeuralResult:
         """Vocode one song's chunks and join them with cross-fades."""
         p = self.profile
-        items = plan["items"]
-        song = np.zeros(plan["frames"] * p.hop_length, dtype=np.float32)
-        fade = int(XFADE * p.sample_rate)
-        for k, (item, out) in enumerate(zip(items, outs)):
-            wav = self._vocode(out["mel"], item[1], item[3], plan["gen"])
+        song = np.zeros(plan.frames * p.hop_length, dtype=np.float32)
+        fade = int(CHUNK_XFADE * p.sample_rate)
+        last = len(plan.inputs) - 1
+        for k, (item, out) in enumerate(zip(plan.inputs, outs)):
+            wav = self._vocode(out.mel, item.f0, item.phases, plan.gen)
             if self.pitch_correct:
-                wav = pitch_correct(wav, p.sample_rate, item[1], p.hop_length / p.sample_rate)
-            pos = item[4] * p.hop_length
-            env = np.ones(len(wav), dtype=np.float32)
-            if k > 0 and fade:
-                env[:fade] = np.linspace(0, 1, fade)
-            if k < len(items) - 1 and fade:
-                env[-fade:] = np.minimum(env[-fade:], np.linspace(1, 0, fade))
+                wav = pitch_correct(wav, p.sample_rate, item.f0, p.hop_length / p.sample_rate)
+            pos = item.start * p.hop_length
+            env = fade_envelope(len(wav), fade, fade_in=k > 0, fade_out=k < last)
             end = min(len(song), pos + len(wav))
             song[pos:end] += (wav * env)[: end - pos]
-        n_out = int(round(plan["melody"].duration * p.sample_rate))
+        n_out = int(round(plan.melody.duration * p.sample_rate))
         song = song[:n_out] if len(song) >= n_out else np.pad(song, (0, n_out - len(song)))
-        attn = max((o["attention"] for o in outs), key=lambda a: a.shape[0])
-        codes = None if outs[0]["codes"] is None else np.concatenate([o["codes"] for o in outs], axis=0)
-        mel = np.concatenate([o["mel"] for o in outs], axis=0)
-        return NeuralResult(song, p.sample_rate, mel, plan["f0"], attn, codes, plan["chunks"], timings)
+        attn = max((o.attention for o in outs), key=lambda a: a.shape[0])
+        codes = None if outs[0].codes is None else np.concatenate([o.codes for o in outs], axis=0)
+        mel = np.concatenate([o.mel for o in outs], axis=0)
+        return NeuralResult(song, p.sample_rate, mel, plan.f0, attn, codes, plan.chunks, timings)
 
     def _source_rhythm(self, audio: np.ndarray, sr: int, ch: Chunk):
         """Rhythm curve [T_s] of the chunk's speech: only a voice without the rhythm adaptor needs it."""
         cfg = self.acoustic.config
         if cfg.use_rhythm_adaptor:
             return None
-        from alignsts_cli.audio import resample
         from alignsts_cli.model import rhythm_curve
         from alignsts_cli.profiles import mel_spectrogram
 
@@ -400,45 +260,45 @@ class NeuralEngine:
         mel = mel_spectrogram(seg, self.profile)  # [T_s, 80]
         return rhythm_curve(mel, cfg.rhythm_beta, cfg.rhythm_sigma, log_base=cfg.mel_log_base).astype(np.float32)
 
-    def _acoustic(self, group):
+    def _acoustic(self, group: list[ChunkInput]) -> list[ChunkOutput]:
         """Acoustic model on one batch of chunks (padded with explicit lengths when more than one)."""
         torch = self.torch
         dev = self.device
         b = len(group)
-        t_max = max(len(g[1]) for g in group)
-        tc_max = max(len(g[0]) for g in group)
-        d = group[0][0].shape[1]
+        t_max = max(len(g.f0) for g in group)
+        tc_max = max(len(g.content) for g in group)
+        d = group[0].content.shape[1]
         content = torch.zeros(b, tc_max, d)
         f0 = torch.zeros(b, t_max)
         noise = torch.zeros(self.acoustic.config.diffusion_steps + 1, b, 1, self.profile.n_mels, t_max)
-        for j, (c, f, n, *_) in enumerate(group):
-            content[j, : len(c)] = torch.from_numpy(c)
-            f0[j, : len(f)] = torch.from_numpy(f.astype(np.float32))
-            noise[:, j, :, :, : len(f)] = n[:, 0]
+        for j, g in enumerate(group):
+            content[j, : len(g.content)] = torch.from_numpy(g.content)
+            f0[j, : len(g.f0)] = torch.from_numpy(g.f0.astype(np.float32))
+            noise[:, j, :, :, : len(g.f0)] = g.noise[:, 0]
         kw = {}
         if b > 1:
-            kw = {"lengths": torch.tensor([len(g[1]) for g in group], device=dev),
-                  "content_lengths": torch.tensor([len(g[0]) for g in group], device=dev)}
-        if group[0][5] is not None:  # a voice without the rhythm adaptor follows the speech's own rhythm
-            ts = max(len(g[5]) for g in group)
+            kw = {"lengths": torch.tensor([len(g.f0) for g in group], device=dev),
+                  "content_lengths": torch.tensor([len(g.content) for g in group], device=dev)}
+        if group[0].source_rhythm is not None:  # a voice without the rhythm adaptor follows the speech's own rhythm
+            ts = max(len(g.source_rhythm) for g in group)
             src = torch.zeros(b, ts)
             for j, g in enumerate(group):
-                src[j, : len(g[5])] = torch.from_numpy(g[5])
+                src[j, : len(g.source_rhythm)] = torch.from_numpy(g.source_rhythm)
             kw["source_rhythm"] = src.to(dev)
             if b > 1:
-                kw["source_rhythm_lengths"] = torch.tensor([len(g[5]) for g in group], device=dev)
-        spk = torch.from_numpy(np.stack([g[6] for g in group])).to(dev)  # [B, 256]
+                kw["source_rhythm_lengths"] = torch.tensor([len(g.source_rhythm) for g in group], device=dev)
+        spk = torch.from_numpy(np.stack([g.speaker for g in group])).to(dev)  # [B, 256]
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.acoustic.infer(content.to(dev), spk, f0.to(dev), noise.to(dev), **kw)
+        codes = out.get("rhythm_codes")
         res = []
-        for j, (c, f, *_) in enumerate(group):
-            t, tc = len(f), len(c)
-            codes = out.get("rhythm_codes")
-            res.append({
-                "mel": out["mel"][j, :t].float().cpu().numpy(),
-                "codes": None if codes is None else codes[j, :t].cpu().numpy(),
-                "attention": out["attention"][j, :t, :tc].float().cpu().numpy(),
-            })
+        for j, g in enumerate(group):
+            t, tc = len(g.f0), len(g.content)
+            res.append(ChunkOutput(
+                mel=out["mel"][j, :t].float().cpu().numpy(),
+                codes=None if codes is None else codes[j, :t].cpu().numpy(),
+                attention=out["attention"][j, :t, :tc].float().cpu().numpy(),
+            ))
         return res
 
     def _vocode(self, mel: np.ndarray, f0: np.ndarray, phases, gen) -> np.ndarray:

@@ -6,10 +6,12 @@
 
 Modules: config.py (every size and switch), alignsts.py (encoders, rhythm adaptor, aligner, fusion,
 the rhythm curve of eq. 3), attention.py (windowed cross-attention, guided loss), vq.py (EMA codebook),
-diffusion.py (4-step decoder, SSIM), checkpoint.py (our format, official importer).
+diffusion.py (4-step decoder, SSIM), hifigan.py (the vocoder network), checkpoint.py (our format, for
+both models), foreign.py (the authors' checkpoints, TorchScript and jik876 vocoders).
 """
 from alignsts_cli.model.alignsts import RRD_BETA, RRD_SIGMA, AlignSTS, f0_to_coarse, rhythm_curve
-from alignsts_cli.model.checkpoint import import_official, load_model, save_model
+from alignsts_cli.model.checkpoint import load_model, save_model
+from alignsts_cli.model.foreign import import_official
 from alignsts_cli.model.config import AlignSTSConfig
 
 __all__ = [

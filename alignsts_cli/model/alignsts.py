@@ -11,7 +11,7 @@ Data flow (B batch, T mel frames, Tc content frames, T4 = T / 4 rhythm frames, D
     aligner: rhythm stream attends to x_c (2 windowed layers) -> aligned content [B, T, D]
     condition = aligned + speaker + x_p -> diffusion decoder (4 steps) -> mel [B, T, M]
 
-Official numerics are documented in /work/shared/reference/official-checkpoint.md; with a batch of one
+Official numerics are listed in docs/official-numerics.md; with a batch of one
 and no lengths, ``infer`` computes what the official code computes. Passing lengths makes every mask
 explicit: a padded batch then gives each item exactly what it would get alone.
 
@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.model.attention import CrossFormer, guided_attention_loss, lengths_to_mask
 from alignsts_cli.model.config import AlignSTSConfig
 from alignsts_cli.model.diffusion import GaussianDiffusion, ssim
@@ -293,29 +292,30 @@ class AlignSTS(nn.Module):
     # -- shared pieces ------------------------------------------------------------------------
 
     def _check_inputs(self, content, speaker, f0, lengths, content_lengths):
-        """Raise AlignSTSError on malformed inputs; returns the lengths as long tensors on f0's device."""
+        """Raise ValueError on malformed inputs (a programming error of the caller, not a user error);
+        returns the lengths as long tensors on f0's device."""
         c = self.config
         if content.dim() != 3 or content.shape[-1] != c.content_dim:
-            raise AlignSTSError(f"content features must be [B, T_c, {c.content_dim}] ({c.content_kind}); "
+            raise ValueError(f"content features must be [B, T_c, {c.content_dim}] ({c.content_kind}); "
                                 f"got {list(content.shape)}: extract the features this model was trained on")
         b = content.shape[0]
         if speaker.shape != (b, c.speaker_dim):
-            raise AlignSTSError(f"speaker embedding must be [B, {c.speaker_dim}]; got {list(speaker.shape)}")
+            raise ValueError(f"speaker embedding must be [B, {c.speaker_dim}]; got {list(speaker.shape)}")
         if f0.dim() != 2 or f0.shape[0] != b:
-            raise AlignSTSError(f"target F0 must be [B, T] in Hz; got {list(f0.shape)}")
+            raise ValueError(f"target F0 must be [B, T] in Hz; got {list(f0.shape)}")
         if (lengths is None) != (content_lengths is None):
-            raise AlignSTSError("pass both lengths and content_lengths (padded batch) or neither")
+            raise ValueError("pass both lengths and content_lengths (padded batch) or neither")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, dtype=torch.long, device=f0.device).reshape(-1)
             content_lengths = torch.as_tensor(content_lengths, dtype=torch.long, device=f0.device).reshape(-1)
             if len(lengths) != b or len(content_lengths) != b:
-                raise AlignSTSError(f"lengths and content_lengths need one entry per batch item ({b})")
+                raise ValueError(f"lengths and content_lengths need one entry per batch item ({b})")
             if int(lengths.min()) < 1 or int(lengths.max()) > f0.shape[1]:
-                raise AlignSTSError("lengths must lie between 1 and the padded number of frames")
+                raise ValueError("lengths must lie between 1 and the padded number of frames")
             if int(content_lengths.min()) < 1 or int(content_lengths.max()) > content.shape[1]:
-                raise AlignSTSError("content_lengths must lie between 1 and the padded number of content frames")
+                raise ValueError("content_lengths must lie between 1 and the padded number of content frames")
         if f0.shape[1] < 1 or content.shape[1] < 1:
-            raise AlignSTSError("content and F0 must have at least one frame")
+            raise ValueError("content and F0 must have at least one frame")
         return lengths, content_lengths
 
     def _encode(self, content, f0, lengths, content_lengths):
@@ -328,7 +328,7 @@ class AlignSTS(nn.Module):
     def _stretched_rhythm(self, source_rhythm, source_lengths, t_len, lengths):
         """w/o RA: the speech's rhythm curve [B, Ts] stretched linearly to T and encoded -> [B, T4, D]."""
         if source_rhythm is None:
-            raise AlignSTSError("this model has no rhythm adaptor (use_rhythm_adaptor=False): pass "
+            raise ValueError("this model has no rhythm adaptor (use_rhythm_adaptor=False): pass "
                                 "source_rhythm=rhythm_curve(speech_mel)")
         b, t_src = source_rhythm.shape
         src = source_lengths if source_lengths is not None else torch.full((b,), t_src, dtype=torch.long)
@@ -396,7 +396,7 @@ class AlignSTS(nn.Module):
         b, t_len = f0.shape
         want = (c.diffusion_steps + 1, b, 1, c.n_mels, t_len)
         if noise is not None and tuple(noise.shape) != want:
-            raise AlignSTSError(f"noise must be {list(want)} (x_T, then one draw per step); got {list(noise.shape)}")
+            raise ValueError(f"noise must be {list(want)} (x_T, then one draw per step); got {list(noise.shape)}")
         was_training = self.training
         self.eval()
         try:
@@ -448,9 +448,9 @@ class AlignSTS(nn.Module):
         lengths, content_lengths = self._check_inputs(content, speaker, f0, lengths, content_lengths)
         b, t_len, n_mels = mel.shape
         if n_mels != c.n_mels or mel.shape[0] != content.shape[0]:
-            raise AlignSTSError(f"the target mel must be [B, T, {c.n_mels}]; got {list(mel.shape)}")
+            raise ValueError(f"the target mel must be [B, T, {c.n_mels}]; got {list(mel.shape)}")
         if f0.shape[1] != t_len:
-            raise AlignSTSError(f"F0 has {f0.shape[1]} frames but the mel has {t_len}; align them first")
+            raise ValueError(f"F0 has {f0.shape[1]} frames but the mel has {t_len}; align them first")
         zero = mel.new_zeros(())
         full_t = lengths if lengths is not None else torch.full((b,), t_len, dtype=torch.long, device=mel.device)
         full_c = content_lengths if content_lengths is not None else \

@@ -7,7 +7,7 @@ real frame. Two ways of knowing which frames are real:
 * the official rule (no masks given): a frame is padding when the sum of |x| over channels is 0.
 
 With a batch of one and no masks, everything here computes what the official AlignSTS code computes
-(see /work/shared/reference/official-checkpoint.md, "Details that change the numbers" 1-5).
+(docs/official-numerics.md, items 1-5).
 """
 from __future__ import annotations
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 
 from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.profiles import BUILTIN_PROFILES, PROFILES
 
-#: Audio profiles the model may be trained for: name -> (mel bins, base of the mel's logarithm).
-#: The profiles themselves (sample rate, hop, mel function) live with the audio code; the model only
-#: needs the name, n_mels, and the log base (to undo the log when it computes the rhythm curve).
-KNOWN_PROFILES = {"official-24k": (80, 10.0), "compact-16k": (80, math.e)}
+#: Audio profiles the model may be trained for: name -> (mel bins, base of the mel's logarithm), read from
+#: the shipped profiles (the model only needs n_mels, and the log base to undo the log for the rhythm curve).
+KNOWN_PROFILES = {name: (PROFILES[name].n_mels, PROFILES[name].log_base) for name in BUILTIN_PROFILES}
 
 
 @dataclass

@@ -1,16 +1,16 @@
-"""The objective measures (SPEC.md section 6) against values worked out by hand."""
+"""The objective measures (docs/audio-and-metrics.md) against values worked out by hand."""
 import math
 
 import numpy as np
 import pytest
 
-from alignsts_cli import metrics as M
+from alignsts_cli.training import metrics as M
 from conftest import vowel
-
-SR = 16000
-
+from alignsts_cli.training.metrics import raw_chroma_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SR = 16000
 
 
 def bursts(on: float, off: float, seconds: float, f0: float = 220.0, start: float = 0.0) -> np.ndarray:
@@ -145,3 +145,11 @@ def test_score_gives_all_four(enc):
     assert s["lsd"] == 0.0 and s["rca"] == 1.0 and s["rrd"] == 0.0
     assert s["speaker_similarity"] == pytest.approx(1.0, abs=1e-5)
     assert M.score(x, x, SR)["speaker_similarity"] is None
+
+
+def test_metric_raw_chroma_accuracy():
+    ref = np.array([220.0, 220, 220, 0, 220])
+    assert raw_chroma_accuracy(ref, ref) == 1.0
+    assert raw_chroma_accuracy(ref, ref * 2) == 1.0  # octave errors are forgiven
+    assert raw_chroma_accuracy(ref, ref * 2 ** (1 / 12)) == 0.0  # a semitone off
+    assert raw_chroma_accuracy(ref, np.array([220.0, 0, 226, 220, 220])) == 0.75  # unvoiced counts as wrong

@@ -7,9 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from alignsts_cli import evaluate as E
+from alignsts_cli.training import evaluate as E
 from alignsts_cli.errors import AlignSTSError
 from conftest import vowel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SR = 16000  # compact-16k
 NOTES = ((220.0, 0.45), (0.0, 0.1), (247.0, 0.4), (0.0, 0.1), (262.0, 0.5))  # (Hz, seconds); 0 = rest
@@ -67,11 +69,9 @@ def build_cache(root, ids=("a", "b"), train=("t",)):
     return cache, wavs
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def tiny_vocoder(folder):
-    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig, save_vocoder
+    from alignsts_cli.model.checkpoint import save_vocoder
+    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig
 
     torch.manual_seed(0)
     cfg = HiFiGANConfig(upsample_rates=(8, 5, 2, 2), upsample_kernel_sizes=(16, 10, 4, 4), upsample_initial_channel=32,

@@ -1,4 +1,4 @@
-"""Objective measures of a conversion (SPEC.md section 6; paper section 4.1.3).
+"""Objective measures of a conversion (docs/audio-and-metrics.md; paper section 4.1.3).
 
 Every function takes mono float audio ``[n]`` at one sample rate ``sr`` and compares an *output*
 with a *reference* (the ground-truth singing). Both are cut to the shorter before analysis, so a
@@ -22,17 +22,16 @@ signal to the audio profile's rate (the model rate, as the official evaluation) 
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-#: LSD analysis (SPEC §6).
+#: LSD analysis (docs/audio-and-metrics.md).
 LSD_N_FFT = 512
 LSD_HOP = 128
 LSD_WIN = 512
 LSD_MIN_HZ = 100.0  # bins at or below this frequency are dropped
 LSD_FLOOR = 0.1  # ln(LSD_FLOOR + |X|)
-#: RCA tolerance (SPEC §6), cents.
+#: RCA tolerance (docs/audio-and-metrics.md), cents.
 RCA_CENTS = 50.0
 #: How RRD reduces the per-frame differences of the two rhythm curves: "rms" = sqrt(mean_t d_t^2).
 #: The paper's "Euclidean distance" read literally is the L2 norm sqrt(sum_t d_t^2), which grows with
@@ -97,7 +96,7 @@ def lsd_frames(reference: np.ndarray, output: np.ndarray, sr: int) -> np.ndarray
 
 
 def lsd(reference: np.ndarray, output: np.ndarray, sr: int) -> float:
-    """Log-spectral distance (SPEC §6): the mean over frames of :func:`lsd_frames`. 0 = identical."""
+    """Log-spectral distance (docs/audio-and-metrics.md): the mean over frames of :func:`lsd_frames`. 0 = identical."""
     return float(np.mean(lsd_frames(reference, output, sr)))
 
 
@@ -109,18 +108,13 @@ def singing_f0(audio: np.ndarray, sr: int) -> np.ndarray:
 
 
 def rca(reference: np.ndarray, output: np.ndarray, sr: int, cents: float = RCA_CENTS) -> float:
-    """Raw chroma accuracy of the output's F0 against the reference's (SPEC §6); 1 = every voiced
+    """Raw chroma accuracy of the output's F0 against the reference's (docs/audio-and-metrics.md); 1 = every voiced
     frame of the reference within ``cents`` (octaves forgiven). A reference without any voiced frame
     scores 0, as mir_eval does."""
     ref_f0, out_f0 = singing_f0(reference, sr), singing_f0(output, sr)
     if not np.any(ref_f0[: len(out_f0)] > 0):
         return 0.0
     return raw_chroma_accuracy(ref_f0, out_f0, cents)
-
-
-def _log_base(profile) -> float:
-    """Base of the profile's mel logarithm (what ``model.config.KNOWN_PROFILES`` records)."""
-    return 10.0 if profile.log == "log10" else math.e
 
 
 def rhythm(audio: np.ndarray, profile) -> np.ndarray:
@@ -131,12 +125,12 @@ def rhythm(audio: np.ndarray, profile) -> np.ndarray:
 
     p = get_profile(profile)
     mel = mel_spectrogram(np.asarray(audio, dtype=np.float32), p)  # [T, n_mels]
-    return rhythm_curve(mel, RRD_BETA, RRD_SIGMA, log_base=_log_base(p)).astype(np.float64)
+    return rhythm_curve(mel, RRD_BETA, RRD_SIGMA, log_base=p.log_base).astype(np.float64)
 
 
 def rrd(reference: np.ndarray, output: np.ndarray, sr: int, profile="compact-16k", *,
         reduction: str = RRD_REDUCTION) -> float:
-    """Rhythm representation distance (SPEC §6) between two signals at ``sr`` (must be the profile's rate).
+    """Rhythm representation distance (docs/audio-and-metrics.md) between two signals at ``sr`` (must be the profile's rate).
 
     Both signals are cut to the shorter *before* analysis, so the two curves cover the same stretch of
     time, have the same length T, and their per-utterance normalisation (eq. 3) sees the same span.

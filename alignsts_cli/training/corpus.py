@@ -1,4 +1,4 @@
-"""A synthetic paired corpus: the same sentence spoken and sung by the same voice (SPEC.md section 5).
+"""A synthetic paired corpus: the same sentence spoken and sung by the same voice (the paper's paired speech and singing, made synthetically).
 
 No public paired speech/singing corpus can be fetched here, so ``make_corpus`` makes one offline:
 
@@ -22,7 +22,7 @@ Voices, sentences and melodies are each split into train / valid / test groups, 
 split uses only that split's voices, sentences and melodies (valid borrows the training voices
 when there are too few voices to hold one out for it), so the test set is unseen on all three
 axes. ``manifest.csv`` records the split of each item in its ``split`` column, which
-``alignsts_cli.data.split_items`` honours.
+``alignsts_cli.training.data.split_items`` honours.
 
 Output folder::
 
@@ -916,7 +916,7 @@ def _write_corpus_json(path, seed, voices, sentences, syllables, tunes, groups, 
     info = {
         "format": "alignsts-synthetic-corpus",
         "version": 1,
-        "generator": "alignsts_cli.corpus.make_corpus",
+        "generator": "alignsts_cli.training.corpus.make_corpus",
         "seed": seed,
         "sample_rate": SAMPLE_RATE,
         "pad_seconds": PAD_SECONDS,

@@ -1,4 +1,4 @@
-"""Training (alignsts_cli/train.py): logs, checkpoints, samples, exact resume, modes, ablation, bad inputs.
+"""Training (alignsts_cli/training/train.py): logs, checkpoints, samples, exact resume, modes, ablation, bad inputs.
 
 Everything runs on a tiny model (hidden 32) and a tiny synthetic cache written here in the prepared-cache
 format, with a tiny random vocoder folder for the samples, on one CPU thread.
@@ -17,7 +17,7 @@ import torch
 
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, rhythm_curve
-from alignsts_cli.train import (
+from alignsts_cli.training.train import (
     TrainConfig,
     collate,
     crop,
@@ -28,7 +28,7 @@ from alignsts_cli.train import (
 )
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and the cores are shared
-CONFIGS = Path(__file__).resolve().parents[1] / "alignsts_cli" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "alignsts_cli" / "training" / "configs"
 TINY_MODEL = dict(hidden=32, speaker_dim=32, norm_groups=4, denoiser_layers=2, denoiser_channels=32, ffn_mult=1,
                   aligner_layers=1, vq_data_init=True)
 
@@ -92,7 +92,8 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vocoder_dir(tmp_path_factory):
-    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig, save_vocoder
+    from alignsts_cli.model.checkpoint import save_vocoder
+    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig
 
     torch.manual_seed(0)
     cfg = HiFiGANConfig(upsample_rates=(8, 4, 5), upsample_kernel_sizes=(16, 8, 10), upsample_initial_channel=16,
@@ -150,7 +151,8 @@ def test_train_then_resume_continues_exactly(tmp_path, cache, vocoder_dir, monke
     assert sr == 16000 and len(audio) == n_frames * 160 and np.abs(audio).max() > 0
     assert sorted(p.name for p in (run / "samples" / "ground_truth").iterdir()) == ["item12.wav", "item13.wav"]
     assert json.loads((run / "train_config.json").read_text())["steps"] == 4
-    from alignsts_cli.engines.alignsts import NeuralEngine, VoiceModel
+    from alignsts_cli.engines.alignsts import NeuralEngine
+    from alignsts_cli.voices import VoiceModel
 
     engine = NeuralEngine(VoiceModel(run / "voice" / "acoustic", run / "voice" / "vocoder", "test"), device="cpu")
     saved = weights(run / "checkpoints" / "step_4")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from alignsts_cli import corpus as C
+from alignsts_cli.training import corpus as C
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.melody import extract_f0, hz_to_midi, load_midi
 

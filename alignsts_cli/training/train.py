@@ -1,7 +1,7 @@
-"""Training AlignSTS from a prepared cache: ``alignsts train cache/ -o run/ --config alignsts_cli/configs/compact-16k.json``.
+"""Training AlignSTS from a prepared cache: ``alignsts train cache/ -o run/ --config alignsts_cli/training/configs/compact-16k.json``.
 
-    from alignsts_cli.train import TrainConfig, train
-    result = train("cache/", "run/", TrainConfig.load("alignsts_cli/configs/compact-16k.json"))
+    from alignsts_cli.training.train import TrainConfig, train
+    result = train("cache/", "run/", TrainConfig.load("alignsts_cli/training/configs/compact-16k.json"))
 
 Modes (``TrainConfig.mode``):
 
@@ -45,11 +45,10 @@ import numpy as np
 import torch
 
 from alignsts_cli.errors import AlignSTSError
-from alignsts_cli.files import atomic_output
+from alignsts_cli.files import write_text
 from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, rhythm_curve, save_model
-
-#: What to tell a user whose cache is missing or unreadable.
-PREPARE_HINT = "prepare one with `alignsts prepare DATASET -o CACHE`"
+from alignsts_cli.training.cache import PREPARE_HINT, Cache, read_cache
+from alignsts_cli.training.cache import pad as pad_stack
 TRAINER_FORMAT, TRAINER_VERSION = "alignsts-trainer", 1
 LOSS_TERMS = ("l1", "ssim", "vq", "rhythm_ce", "guided_attn", "guided_attn_predictor", "total")
 #: Per mode: the cache arrays fed as content, as speaker, and the mel whose rhythm curve is the source
@@ -143,7 +142,7 @@ class TrainConfig:
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise AlignSTSError(f"train config: unknown field(s) {unknown}; check the spelling against "
-                                "alignsts_cli/configs/compact-16k.json")
+                                "alignsts_cli/training/configs/compact-16k.json")
         try:
             return cls(**data)
         except TypeError as exc:  # a value of the wrong type (e.g. a string for steps)
@@ -158,7 +157,7 @@ class TrainConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise AlignSTSError(f"{path}: no such config file; see alignsts_cli/configs/ for examples") from None
+            raise AlignSTSError(f"{path}: no such config file; see alignsts_cli/training/configs/ for examples") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AlignSTSError(f"{path}: not a readable JSON config ({exc}); fix the file") from None
         if not isinstance(data, dict):
@@ -166,7 +165,7 @@ class TrainConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        _write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def lr_factor(step: int, warmup: int) -> float:
@@ -179,45 +178,18 @@ def lr_factor(step: int, warmup: int) -> float:
 # The prepared cache
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class Cache:
-    root: Path
-    meta: dict  # cache.json
-    items: list  # items.json entries
-
-    def split(self, name: str) -> list:
-        return [it for it in self.items if it.get("split") == name and int(it.get("frames", 0)) >= MIN_FRAMES]
-
-    def load(self, item: dict, mode: str) -> dict:
-        """One item's arrays for ``mode``: mel [T, M], f0 [T], content [Tc, D], speaker [S], source [Ts, M]."""
-        path = self.root / "items" / f"{item['id']}.npz"
-        c_key, s_key, src_key = MODE_INPUTS[mode]
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: np.asarray(z[k], dtype=np.float32) for k in ("mel", "f0", c_key, s_key, src_key)}
-        except (OSError, KeyError, ValueError) as exc:
-            raise AlignSTSError(f"{path}: unreadable cache item ({exc}); {PREPARE_HINT} again") from None
-        out = {"mel": arrays["mel"], "f0": arrays["f0"], "content": arrays[c_key], "speaker": arrays[s_key],
-               "source": arrays[src_key]}
-        if out["mel"].ndim != 2 or out["f0"].shape != out["mel"].shape[:1] or out["content"].ndim != 2 \
-                or len(out["content"]) < 1 or out["source"].ndim != 2:
-            raise AlignSTSError(f"{path}: arrays have the wrong shapes (mel {out['mel'].shape}, f0 {out['f0'].shape},"
-                                f" {c_key} {out['content'].shape}); {PREPARE_HINT} again")
-        return out
-
-
-def read_cache(path: str | os.PathLike) -> Cache:
-    """Open a prepared cache folder (cache.json, items.json, items/<id>.npz; see data.py)."""
-    from alignsts_cli.data import load_cache
-
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise AlignSTSError(f"{root}: no such cache folder; {PREPARE_HINT}")
-    meta, items = load_cache(root)  # checks the format, the version and that it is complete
-    missing = [k for k in ("profile", "content_kind", "content_dim", "speaker_dim") if k not in meta]
-    if missing or not isinstance(items, list):
-        raise AlignSTSError(f"{root}: cache.json lacks {missing or 'an item list'}; {PREPARE_HINT} again")
-    return Cache(root, meta, items)
+def load_item(cache: Cache, item: dict, mode: str) -> dict:
+    """One item's arrays for ``mode``: mel [T, M], f0 [T], content [Tc, D], speaker [S], source [Ts, M]."""
+    c_key, s_key, src_key = MODE_INPUTS[mode]
+    arrays = cache.arrays(item["id"], ("mel", "f0", c_key, s_key, src_key))
+    out = {"mel": arrays["mel"], "f0": arrays["f0"], "content": arrays[c_key], "speaker": arrays[s_key],
+           "source": arrays[src_key]}
+    if out["mel"].ndim != 2 or out["f0"].shape != out["mel"].shape[:1] or out["content"].ndim != 2 \
+            or len(out["content"]) < 1 or out["source"].ndim != 2:
+        raise AlignSTSError(f"{cache.folder}/items/{item['id']}.npz: arrays have the wrong shapes (mel "
+                            f"{out['mel'].shape}, f0 {out['f0'].shape}, {c_key} {out['content'].shape}); "
+                            f"{PREPARE_HINT} again")
+    return out
 
 
 def _family(content_kind: str) -> str:
@@ -228,7 +200,7 @@ def _family(content_kind: str) -> str:
 
 def check_compatible(cache: Cache, cfg: AlignSTSConfig) -> None:
     """Raise when the model cannot be trained on the cache's features."""
-    m = cache.meta
+    m = cache.info
     problems = []
     if m["profile"] != cfg.audio_profile:
         problems.append(f"audio profile {m['profile']} vs the model's {cfg.audio_profile}")
@@ -238,7 +210,7 @@ def check_compatible(cache: Cache, cfg: AlignSTSConfig) -> None:
     if int(m["speaker_dim"]) != cfg.speaker_dim:
         problems.append(f"speaker embedding {m['speaker_dim']}-d vs the model's {cfg.speaker_dim}")
     if problems:
-        raise AlignSTSError(f"{cache.root}: the cache does not fit the model ({'; '.join(problems)}); "
+        raise AlignSTSError(f"{cache.folder}: the cache does not fit the model ({'; '.join(problems)}); "
                             "change the config's model section or prepare the cache to match")
 
 
@@ -288,11 +260,8 @@ def collate(items: list[dict], device) -> dict:
     """Pad items into a batch: mel [B, T, M], f0 [B, T], content [B, Tc, D], speaker [B, S],
     source [B, Ts, M] and lengths / content_lengths / source_lengths [B] (long)."""
     def pad(key):
-        xs = [torch.from_numpy(np.ascontiguousarray(it[key])) for it in items]
-        out = xs[0].new_zeros((len(xs), max(len(x) for x in xs), *xs[0].shape[1:]))
-        for i, x in enumerate(xs):
-            out[i, :len(x)] = x
-        return out.to(device), torch.tensor([len(x) for x in xs], device=device)
+        out, lengths = pad_stack([torch.from_numpy(np.ascontiguousarray(it[key])) for it in items])
+        return out.to(device), lengths.to(device)
 
     (mel, lengths), (f0, _), (content, content_lengths), (source, source_lengths) = map(
         pad, ("mel", "f0", "content", "source"))
@@ -320,11 +289,6 @@ def compute_losses(model: AlignSTS, batch: dict) -> dict:
 # Files of the run folder
 # ---------------------------------------------------------------------------------------------
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 class CsvLog:
     """A CSV kept in memory and rewritten atomically on ``flush``; resuming keeps rows up to a step."""
 
@@ -343,7 +307,7 @@ class CsvLog:
         self.rows.append(",".join(str(row[c]) if isinstance(row[c], int) else f"{row[c]:.6g}" for c in self.columns))
 
     def flush(self) -> None:
-        _write_text(self.path, "\n".join([",".join(self.columns), *self.rows]) + "\n")
+        write_text(self.path, "\n".join([",".join(self.columns), *self.rows]) + "\n")
         self.flushed = time.monotonic()
 
 
@@ -368,7 +332,7 @@ def save_checkpoint(run: Path, step: int, model: AlignSTS, trainer: dict, keep: 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_text(run / "last", f"checkpoints/{final.name}\n")
+    write_text(run / "last", f"checkpoints/{final.name}\n")
     if keep:
         for _, old in checkpoints(run)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -389,7 +353,7 @@ def load_trainer(folder: Path) -> dict:
 
 def export_voice(run: Path, model: AlignSTS, vocoder) -> Path:
     """run/voice/acoustic (the current model) and, once, run/voice/vocoder (the sample vocoder)."""
-    from alignsts_cli.model.hifigan import save_vocoder
+    from alignsts_cli.model.checkpoint import save_vocoder
 
     voice = run / "voice"
     save_model(model, voice / "acoustic")  # each file replaced atomically
@@ -403,18 +367,15 @@ def export_voice(run: Path, model: AlignSTS, vocoder) -> Path:
 
 
 def load_sample_vocoder(spec: str | None, profile: str, device):
-    """The vocoder for samples and the exported voice: None, "auto" (the pretrained 16 kHz HiFi-GAN
-    for compact-16k, else None), "torchscript-16k", or a vocoder folder (model/hifigan.py format)."""
+    """The vocoder for samples and the exported voice: None, "auto" (the profile's default vocoder, if it
+    has one), "torchscript-16k", or a vocoder in our format (model/checkpoint.py)."""
+    from alignsts_cli.model.foreign import default_vocoder, load_named_vocoder
+
     if spec == "auto":
-        spec = "torchscript-16k" if profile == "compact-16k" else None
+        spec = default_vocoder(profile)
     if spec is None:
         return None
-    from alignsts_cli.model.hifigan import load_torchscript_16k, load_vocoder
-
-    if spec == "torchscript-16k":
-        vocoder, _, vprofile = load_torchscript_16k()
-    else:
-        vocoder, _, vprofile = load_vocoder(spec)
+    vocoder, _, vprofile = load_named_vocoder(spec)
     if vprofile != profile:
         raise AlignSTSError(f"vocoder {spec} is for audio profile {vprofile}, the model for {profile}; "
                             "set the config's vocoder to one that matches (or null for no samples)")
@@ -486,7 +447,7 @@ FIXED_ON_RESUME = ("mode", "lr", "lr_scale", "warmup", "min_lr", "betas", "weigh
 
 
 def _pick_device(name: str) -> torch.device:
-    from alignsts_cli.engines.alignsts import pick_device
+    from alignsts_cli.runtime import pick_device
 
     return torch.device(pick_device(name))
 
@@ -523,6 +484,20 @@ def train(cache: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         torch.set_num_threads(threads)  # config.num_threads applies to the run only
 
 
+@dataclass
+class _Session:
+    """What one training session works with: the model, its optimizer and schedule, and where it is."""
+
+    model: AlignSTS
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    step: int = 0  # updates done
+    epoch: int = 0  # position in the data
+    index: int = 0
+    elapsed: float = 0.0  # seconds trained before this session
+
+
 def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> dict:
     run = Path(out).expanduser()
     if run.exists() and not run.is_dir():
@@ -535,11 +510,12 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
         saved = run / "train_config.json"
         config = TrainConfig.load(saved) if saved.exists() else TrainConfig()
     data = read_cache(cache)
-    mcfg = config.model_config(data.meta)
+    mcfg = config.model_config(data.info)
     check_compatible(data, mcfg)
-    train_items, valid_items = data.split("train"), data.split("valid")
+    train_items = data.split("train", min_frames=MIN_FRAMES)
+    valid_items = data.split("valid", min_frames=MIN_FRAMES)
     if not train_items:
-        raise AlignSTSError(f"{data.root}: the cache has no train items (of {MIN_FRAMES}+ frames); "
+        raise AlignSTSError(f"{data.folder}: the cache has no train items (of {MIN_FRAMES}+ frames); "
                             f"{PREPARE_HINT} with a train split")
     notes = []
     if not valid_items:
@@ -552,49 +528,26 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
     device = _pick_device(config.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
-
-    # -- model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them ---------
-    torch.manual_seed(config.seed)
-    state = None
-    if done:
-        model = load_model(done[-1][1])
-        state = load_trainer(done[-1][1])
-        _check_resumable(done[-1][1], model, mcfg, state, config)
-    else:
-        mcfg.extra = {**mcfg.extra, "training": {"mode": config.mode, "cache": str(data.meta.get("source", ""))}}
-        model = AlignSTS(mcfg)
-    model.to(device).train()
-    peak = config.peak_lr(model.config.hidden)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak, betas=config.betas, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(lr_factor(s, config.warmup),
-                                                                          config.min_lr / peak))
-    step, epoch, index, elapsed = 0, 0, 0, 0.0  # updates done; position in the data; seconds so far
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        step, epoch, index, elapsed = state["step"], state["epoch"], state["batch"], state["elapsed"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    first_step = step
+    ses, resumed = _start(data, mcfg, config, done, device)
+    first_step = ses.step
 
     # -- run folder, logs, validation data, vocoder ----------------------------------------------
     run.mkdir(parents=True, exist_ok=True)
     config.save(run / "train_config.json")
-    log = CsvLog(run / "log.csv", ["step", "time", "lr", *LOSS_TERMS, "grad_norm"], step if state else None)
-    vlog = CsvLog(run / "valid.csv", ["step", "time", *LOSS_TERMS], step if state else None)
+    log = CsvLog(run / "log.csv", ["step", "time", "lr", *LOSS_TERMS, "grad_norm"], ses.step if resumed else None)
+    vlog = CsvLog(run / "valid.csv", ["step", "time", *LOSS_TERMS], ses.step if resumed else None)
     with isolated_rng(torch.device("cpu"), config.seed):  # building a vocoder draws random numbers
-        vocoder = load_sample_vocoder(config.vocoder, model.config.audio_profile, device)
+        vocoder = load_sample_vocoder(config.vocoder, ses.model.config.audio_profile, device)
     if vocoder is None:
-        notes.append(f"no vocoder for profile {model.config.audio_profile}: no samples, and run/voice has no "
+        notes.append(f"no vocoder for profile {ses.model.config.audio_profile}: no samples, and run/voice has no "
                      "vocoder/; set the config's vocoder to a vocoder folder")
     by_id = sorted(valid_items, key=lambda it: it["id"])
-    valid = sorted((crop(data.load(it, config.mode), config.max_frames) for it in by_id[:config.valid_max_items]),
+    valid = sorted((crop(load_item(data, it, config.mode), config.max_frames) for it in by_id[:config.valid_max_items]),
                    key=lambda x: len(x["mel"]))
     valid_batches = [collate(valid[i:i + config.batch_size], device) for i in range(0, len(valid), config.batch_size)]
     samples = []  # always sung from the speech, as the model is used, whatever the training mode
     if vocoder is not None:
-        samples = [(it["id"], crop(data.load(it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
+        samples = [(it["id"], crop(load_item(data, it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
     frames = [min(int(it["frames"]), config.max_frames or 10**9) for it in train_items]
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -603,69 +556,109 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
     last_row = last_valid = None
     checkpoint = done[-1][1] if done else None
     plan_epoch, batches = None, []
-    while step < config.steps:
-        if plan_epoch != epoch:
+    while ses.step < config.steps:
+        if plan_epoch != ses.epoch:
             batches = make_batches(frames, config.batch_size, config.max_batch_frames,
-                                   np.random.default_rng([config.seed, epoch]))
-            plan_epoch = epoch
-        crop_rng = np.random.default_rng([config.seed, epoch, index, 1])
-        batch = collate([crop(data.load(train_items[i], config.mode), config.max_frames, crop_rng)
-                         for i in batches[index]], device)
-        lr = optimizer.param_groups[0]["lr"]
-        losses = compute_losses(model, batch)
-        if not torch.isfinite(losses["total"]):
-            raise AlignSTSError(f"training diverged at step {step + 1} (loss {float(losses['total'])}); "
-                                "lower lr, or resume from an earlier checkpoint")
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
-        step, index = step + 1, index + 1
-        if index == len(batches):
-            epoch, index = epoch + 1, 0
-        now = elapsed + time.monotonic() - t_start
-
-        info = {"lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
+                                   np.random.default_rng([config.seed, ses.epoch]))
+            plan_epoch = ses.epoch
+        crop_rng = np.random.default_rng([config.seed, ses.epoch, ses.index, 1])
+        batch = collate([crop(load_item(data, train_items[i], config.mode), config.max_frames, crop_rng)
+                         for i in batches[ses.index]], device)
+        info, grad_norm = _update(ses, batch, config.grad_clip, len(batches))
+        step, now = ses.step, ses.elapsed + time.monotonic() - t_start
         for k in LOSS_TERMS:
             sums[k] += info[k]
-        sums["grad_norm"] += float(grad_norm)
+        sums["grad_norm"] += grad_norm
         count += 1
         if step % config.log_every == 0 or step == config.steps:
-            last_row = {"step": step, "time": now, "lr": lr, **{k: v / count for k, v in sums.items()}}
+            last_row = {"step": step, "time": now, "lr": info["lr"], **{k: v / count for k, v in sums.items()}}
             log.add(last_row)
             sums, count = dict.fromkeys(sums, 0.0), 0
             if time.monotonic() - log.flushed > LOG_FLUSH_SECONDS:
                 log.flush()
         is_ckpt = step % config.ckpt_every == 0 or step == config.steps
         if valid_batches and (is_ckpt or step % config.valid_every == 0):
-            last_valid = info["valid"] = {"step": step, "time": now, **validate(model, valid_batches, config.seed)}
+            last_valid = info["valid"] = {"step": step, "time": now, **validate(ses.model, valid_batches, config.seed)}
             vlog.add(last_valid)
             vlog.flush()
         if is_ckpt:
-            trainer = {
-                "format": TRAINER_FORMAT, "version": TRAINER_VERSION, "step": step, "epoch": epoch, "batch": index,
-                "elapsed": now, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "train_config": json.dumps(config.to_dict()),
-            }
-            checkpoint = info["checkpoint"] = save_checkpoint(run, step, model, trainer, config.keep_checkpoints)
-            if samples:
-                render_samples(model, vocoder, samples, run / "samples" / f"step_{step}", config.seed,
-                               ground_truth=run / "samples" / "ground_truth")
-            export_voice(run, model, vocoder)
+            checkpoint = info["checkpoint"] = _save(run, ses, now, config, vocoder, samples)
             log.flush()
         if progress is not None:
             progress(step, config.steps, info)
 
-    if step == first_step:
-        notes.append(f"the run is already at step {step} of {config.steps}: raise steps to train further")
+    if ses.step == first_step:
+        notes.append(f"the run is already at step {ses.step} of {config.steps}: raise steps to train further")
     session = time.monotonic() - t_start
     return {
-        "step": step, "run": run, "checkpoint": checkpoint, "voice": run / "voice",
-        "parameters": sum(p.numel() for p in model.parameters()), "train_items": len(train_items),
-        "valid_items": len(valid_items), "resumed_from": first_step if state is not None else None,
-        "seconds_per_step": session / (step - first_step) if step > first_step else None,
+        "step": ses.step, "run": run, "checkpoint": checkpoint, "voice": run / "voice",
+        "parameters": sum(p.numel() for p in ses.model.parameters()), "train_items": len(train_items),
+        "valid_items": len(valid_items), "resumed_from": first_step if resumed else None,
+        "seconds_per_step": session / (ses.step - first_step) if ses.step > first_step else None,
         "losses": last_row, "valid": last_valid, "notes": notes,
     }
+
+
+def _start(data: Cache, mcfg: AlignSTSConfig, config: TrainConfig, done: list, device) -> tuple[_Session, bool]:
+    """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint in ``done`` left them
+    (weights, optimizer, schedule, data position, RNG). Returns (session, resumed?)."""
+    torch.manual_seed(config.seed)
+    state = None
+    if done:
+        model = load_model(done[-1][1])
+        state = load_trainer(done[-1][1])
+        _check_resumable(done[-1][1], model, mcfg, state, config)
+    else:
+        mcfg.extra = {**mcfg.extra, "training": {"mode": config.mode, "cache": str(data.info.get("source", ""))}}
+        model = AlignSTS(mcfg)
+    model.to(device).train()
+    peak = config.peak_lr(model.config.hidden)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak, betas=config.betas, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(lr_factor(s, config.warmup),
+                                                                          config.min_lr / peak))
+    ses = _Session(model, optimizer, schedule, device)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        ses.step, ses.epoch, ses.index, ses.elapsed = state["step"], state["epoch"], state["batch"], state["elapsed"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return ses, state is not None
+
+
+def _update(ses: _Session, batch: dict, grad_clip: float, n_batches: int) -> tuple[dict, float]:
+    """One optimizer step on ``batch``; moves the session on by one batch. Returns (info, gradient norm):
+    info holds the step's ``lr`` and loss terms."""
+    lr = ses.optimizer.param_groups[0]["lr"]
+    losses = compute_losses(ses.model, batch)
+    if not torch.isfinite(losses["total"]):
+        raise AlignSTSError(f"training diverged at step {ses.step + 1} (loss {float(losses['total'])}); "
+                            "lower lr, or resume from an earlier checkpoint")
+    ses.optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(ses.model.parameters(), grad_clip)
+    ses.optimizer.step()
+    ses.schedule.step()
+    ses.step, ses.index = ses.step + 1, ses.index + 1
+    if ses.index == n_batches:
+        ses.epoch, ses.index = ses.epoch + 1, 0
+    return {"lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}, float(grad_norm)
+
+
+def _save(run: Path, ses: _Session, now: float, config: TrainConfig, vocoder, samples) -> Path:
+    """A checkpoint (model and trainer state), the step's samples and run/voice; returns the checkpoint."""
+    trainer = {
+        "format": TRAINER_FORMAT, "version": TRAINER_VERSION, "step": ses.step, "epoch": ses.epoch,
+        "batch": ses.index, "elapsed": now, "optimizer": ses.optimizer.state_dict(),
+        "scheduler": ses.schedule.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if ses.device.type == "cuda" else []},
+        "train_config": json.dumps(config.to_dict()),
+    }
+    checkpoint = save_checkpoint(run, ses.step, ses.model, trainer, config.keep_checkpoints)
+    if samples:
+        render_samples(ses.model, vocoder, samples, run / "samples" / f"step_{ses.step}", config.seed,
+                       ground_truth=run / "samples" / "ground_truth")
+    export_voice(run, ses.model, vocoder)
+    return checkpoint

@@ -34,8 +34,6 @@ Nothing here prints; ``progress(stage, fraction)`` reports what is going on.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import re
@@ -46,6 +44,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.training.cache import Cache, read_cache
 
 METRICS = ("lsd", "rca", "rrd", "speaker_similarity")
 HEADERS = {"lsd": "LSD ↓", "rca": "RCA ↑", "rrd": "RRD ↓", "speaker_similarity": "speaker similarity ↑"}
@@ -145,7 +144,7 @@ class Report:
         lines += ["| " + " | ".join(r) + " |" for r in t[1:]]
         s = self.settings
         lines += ["", f"Scored at {s.get('sample_rate', '?')} Hz (profile {s.get('profile', '?')}); "
-                      "reference = the ground-truth singing; LSD, RCA and RRD as SPEC.md section 6 "
+                      "reference = the ground-truth singing; LSD, RCA and RRD as docs/audio-and-metrics.md "
                       f"(RRD: {s.get('rrd_reduction', 'rms')} of the rhythm-curve difference); speaker "
                       "similarity = Resemblyzer cosine between the input speech and the output."]
         if self.failures:
@@ -162,15 +161,11 @@ class Report:
 
     def write(self, out: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``out/report.json`` and ``out/report.md`` atomically; returns both paths."""
-        from alignsts_cli.files import atomic_output
+        from alignsts_cli.files import write_json, write_text
 
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = folder / REPORT_JSON, folder / REPORT_MD
-        for path, text in zip(paths, (json.dumps(self.to_dict(), indent=1) + "\n", self.markdown())):
-            with atomic_output(path) as tmp:
-                tmp.write_text(text, encoding="utf-8")
-        return paths
+        return write_json(folder / REPORT_JSON, self.to_dict()), write_text(folder / REPORT_MD, self.markdown())
 
 
 def _fmt(v) -> str:
@@ -189,46 +184,6 @@ def _check_out(out: Path, names: Iterable[str], overwrite: bool) -> Path:
         raise AlignSTSError(f"{out}: holds an earlier evaluation; pass --overwrite to replace it or choose another folder")
     check_output_path(out / REPORT_JSON, overwrite=True)  # creates the folder and probes it
     return out
-
-
-# --------------------------------------------------------------------------- the prepared cache
-
-@dataclass
-class Cache:
-    """A prepared cache (``cache.json``, ``items.json``, ``items/<id>.npz``), read-only."""
-
-    folder: Path
-    info: dict
-    items: list[dict]
-
-    def arrays(self, item_id: str) -> dict[str, np.ndarray]:
-        path = self.folder / "items" / f"{item_id}.npz"
-        try:
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise AlignSTSError(f"{path}: cannot be read ({exc}); prepare the cache again") from None
-
-    def resolve(self, p: str) -> Path:
-        """An item's audio path: as written, else relative to the dataset (``source``), else to the cache."""
-        path = Path(p).expanduser()
-        if path.is_absolute() or path.exists():
-            return path
-        for base in (self.info.get("source"), self.folder):
-            if base and (Path(base) / path).exists():
-                return Path(base) / path
-        return path
-
-
-def read_cache(folder: str | os.PathLike) -> Cache:
-    """Open a prepared cache: the folder with ``cache.json`` (or its parent, holding ``cache/``)."""
-    from alignsts_cli.data import load_cache
-
-    root = Path(folder).expanduser()
-    if not (root / "cache.json").exists() and (root / "cache" / "cache.json").exists():
-        root = root / "cache"
-    info, items = load_cache(root)
-    return Cache(root, info, items)
 
 
 def _safe_id(item_id: str) -> str:
@@ -264,9 +219,10 @@ class _Systems:
         if spec.kind == "ground-truth":
             obj = self._vocoder(spec)
         elif spec.kind == "alignsts":
-            from alignsts_cli.engines import alignsts as neural
+            from alignsts_cli.engines.alignsts import NeuralEngine
+            from alignsts_cli.voices import locate
 
-            obj = neural.NeuralEngine(neural.locate(spec.path), self.device, precision=self.precision)
+            obj = NeuralEngine(locate(spec.path), self.device, precision=self.precision)
             if obj.profile.name != self.profile.name:
                 raise AlignSTSError(
                     f"--system {spec.name}: the voice uses profile {obj.profile.name}, the cache {self.profile.name}; "
@@ -278,16 +234,14 @@ class _Systems:
         return obj
 
     def _vocoder(self, spec: SystemSpec):
-        from alignsts_cli.model.hifigan import load_torchscript_16k, load_vocoder
+        from alignsts_cli.model.foreign import default_vocoder, load_named_vocoder
 
-        if spec.path is not None:
-            model, _, prof = load_vocoder(spec.path)
-        elif self.profile.name == "compact-16k":
-            model, _, prof = load_torchscript_16k()
-        else:
+        name = spec.path if spec.path is not None else default_vocoder(self.profile.name)
+        if name is None:
             raise AlignSTSError(
                 f"no default vocoder for profile {self.profile.name}; give one: --system ground-truth:VOCODER_FOLDER"
             )
+        model, _, prof = load_named_vocoder(name)
         if prof != self.profile.name:
             raise AlignSTSError(f"--system {spec.name}: the vocoder expects profile {prof}, the cache has {self.profile.name}")
         return model.eval()
@@ -300,7 +254,7 @@ class _Systems:
             if engines:
                 self._encoder = engines[0].features
             else:
-                from alignsts_cli.metrics import speaker_encoder
+                from alignsts_cli.training.metrics import speaker_encoder
 
                 self._encoder = speaker_encoder("cpu")
         return self._encoder
@@ -315,12 +269,13 @@ class _Systems:
             with torch.inference_mode():
                 audio = obj.synthesize(mel, f0, generator=torch.Generator().manual_seed(self.seed))
             return audio, self.profile.sample_rate
+        from alignsts_cli.analysis import analyse_speech
         from alignsts_cli.engines import psola
 
         if item.melody is None:
             item.melody = target_melody(item.arrays["f0"], item.hop_seconds, source=f"item {item.id}")
         if item.analysis is None:
-            item.analysis = psola.analyse_speech(item.speech, item.speech_sr)
+            item.analysis = analyse_speech(item.speech, item.speech_sr)
         if spec.kind == "psola":
             song, _ = psola.sing(item.speech, item.speech_sr, item.melody, analysis=item.analysis)
             return song, item.speech_sr
@@ -337,13 +292,12 @@ class _Item:
     arrays: dict
     hop_seconds: float  # of the mel grid
     melody: object = None  # melody.Melody, made when a system first needs it
-    analysis: object = None  # psola.SpeechAnalysis, made when a system first needs it
+    analysis: object = None  # analysis.SpeechAnalysis, made when a system first needs it
     speech_embedding: object = None  # [256], made when first scored
 
 
 def _load_item(cache: Cache, item: dict, profile) -> _Item:
-    from alignsts_cli.api import load_speech
-    from alignsts_cli.audio import load_audio
+    from alignsts_cli.audio import load_audio, load_speech
 
     item_id = str(item["id"])
     arrays = cache.arrays(item_id)
@@ -364,7 +318,7 @@ def _load_item(cache: Cache, item: dict, profile) -> _Item:
 
 def _score_file(path: Path, reference: np.ndarray, profile, *, speech_embedding=None, encoder=None) -> dict:
     """Scores of the audio file ``path`` (read back at the profile's rate) against ``reference``."""
-    from alignsts_cli import metrics
+    from alignsts_cli.training import metrics
     from alignsts_cli.audio import load_audio
 
     output, sr = load_audio(path, profile.sample_rate, what="output")
@@ -398,13 +352,13 @@ def evaluate_systems(
     replaced only with ``overwrite``.
     """
     from alignsts_cli.audio import save_audio
-    from alignsts_cli.metrics import RRD_REDUCTION, speaker_embedding
+    from alignsts_cli.training.metrics import RRD_REDUCTION, speaker_embedding
     from alignsts_cli.profiles import get_profile
 
     specs = _parse_systems(systems)
     c = cache if isinstance(cache, Cache) else read_cache(cache)
     profile = get_profile(c.info.get("profile", "compact-16k"))
-    items = [it for it in c.items if it.get("split") == split]
+    items = [it for it in c.items if it.get("split") == split]  # any split name: the error below lists them
     if not items:
         splits = sorted({str(it.get("split")) for it in c.items})
         raise AlignSTSError(f"{c.folder}: no items in split '{split}' (it has: {', '.join(splits) or 'none'}); use --split")
@@ -504,19 +458,13 @@ def find_pairs(references: str | os.PathLike, outputs, speech: str | os.PathLike
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """Pairs from a CSV of ``reference,output[,speech[,system]]`` rows (paths relative to the CSV; a header
     row is optional)."""
+    from alignsts_cli.files import read_path_rows
+
     p = Path(path).expanduser()
-    try:
-        rows = list(csv.reader(p.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AlignSTSError(f"{p}: cannot read the pairs CSV ({exc}); it must be a text CSV") from None
-    rows = [r for r in rows if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["reference", "output"]:
-        rows = rows[1:]
-    if not rows:
-        raise AlignSTSError(f"{p}: no pairs; write rows of reference,output[,speech[,system]]")
+    rows = read_path_rows(p, header=("reference", "output"), what="the pairs CSV",
+                          example="reference,output[,speech[,system]]")
     pairs = []
     for k, r in enumerate(rows):
-        r = [c.strip() for c in r]
         if len(r) < 2 or not r[0] or not r[1]:
             raise AlignSTSError(f"{p}: row {k + 1} needs at least reference,output")
         ref, out = p.parent / r[0], p.parent / r[1]
@@ -541,7 +489,7 @@ def evaluate_pairs(
     unreadable is listed as a failure and left out of the means.
     """
     from alignsts_cli.audio import load_audio
-    from alignsts_cli.metrics import RRD_REDUCTION, speaker_embedding, speaker_encoder
+    from alignsts_cli.training.metrics import RRD_REDUCTION, speaker_embedding, speaker_encoder
     from alignsts_cli.profiles import get_profile
 
     if not pairs:

@@ -1,0 +1,144 @@
+"""The neural engine (alignsts_cli/engines/alignsts.py) on tiny random voices: chunks, batches, precision, devices."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EXAMPLES, tiny_voice, write_midi
+
+SPEECH = EXAMPLES / "speech.wav"
+
+
+def _engine(tmp_path, content_kind="mfcc", content_dim=20, **config):
+    from alignsts_cli.engines.alignsts import NeuralEngine
+    from alignsts_cli.voices import VoiceModel
+
+    voice = tiny_voice(tmp_path / "voice", content_kind=content_kind, content_dim=content_dim, **config)
+    return NeuralEngine(VoiceModel(voice / "acoustic", voice / "vocoder", "test"), device="cpu")
+
+
+def test_long_melody_is_converted_in_chunks(tmp_path):
+    from alignsts_cli.audio import load_speech
+    from alignsts_cli.engines import alignsts as neural
+    from alignsts_cli.analysis import analyse_speech
+    from alignsts_cli.melody import load_midi
+
+    engine = _engine(tmp_path)
+    # 24 phrases of 3 notes and a rest: 48 s at 120 bpm.
+    notes = [(4 * k + j, 1, 48 + (k + j) % 5) for k in range(24) for j in range(3)]
+    melody = load_midi(write_midi(tmp_path / "long.mid", notes))
+    audio, sr = load_speech(SPEECH)
+    analysis = analyse_speech(audio, sr)
+    chunks = neural.plan_chunks(melody, analysis.syllables, len(audio) / sr)
+    assert len(chunks) >= 3
+    assert chunks[0].t0 == 0 and chunks[-1].t1 == melody.duration
+    for a, b in zip(chunks[:-1], chunks[1:]):
+        assert a.t1 == b.t0 and a.s1 == b.s0 and a.t1 - a.t0 <= neural.MAX_CHUNK_SECONDS
+        # every cut lies in a rest of the melody
+        assert melody.f0_at(np.array([a.t1]))[0] == 0
+    res = engine.sing(audio, sr, melody, analysis, seed=1)
+    assert len(res.audio) == round(melody.duration * res.sample_rate)
+    assert res.mel.shape[0] == engine._frames(melody.duration)
+    quiet = res.audio[int(3.1 * sr):int(3.9 * sr)]  # a rest between the first two phrases
+    assert np.all(np.isfinite(res.audio))
+    assert quiet.size
+
+
+@pytest.mark.parametrize("ablation", ["use_rhythm_adaptor", "use_cross_modal_alignment", "use_f0_skip"])
+def test_ablated_voices_sing(tmp_path, ablation):
+    """Voices trained as the paper's ablations convert too (w/o RA follows the speech's own rhythm)."""
+    from alignsts_cli.audio import load_speech
+    from alignsts_cli.analysis import analyse_speech
+    from alignsts_cli.melody import load_midi
+
+    engine = _engine(tmp_path, **{ablation: False})
+    melody = load_midi(write_midi(tmp_path / "m.mid", [(0, 1, 48), (1, 1, 52)]))
+    audio, sr = load_speech(SPEECH)
+    res = engine.sing(audio, sr, melody, analyse_speech(audio, sr))
+    assert len(res.audio) == round(melody.duration * res.sample_rate) and np.all(np.isfinite(res.audio))
+
+
+def test_batched_chunks_match_one_by_one(tmp_path):
+    """The padded, length-masked batch path (used on CUDA) gives what one-at-a-time gives."""
+    engine = _engine(tmp_path)
+    rng = np.random.default_rng(0)
+    spk = rng.standard_normal(256).astype(np.float32)
+    spk /= np.linalg.norm(spk)
+    items = []
+    for t, tc in ((120, 40), (90, 33)):
+        f0 = np.where(np.arange(t) % 30 < 25, 220.0, 0.0).astype(np.float32)
+        noise = torch.randn(5, 1, 1, 80, t, generator=torch.Generator().manual_seed(t))
+        items.append((rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None, spk))
+    together = engine._acoustic(items)
+    alone = [engine._acoustic([it])[0] for it in items]
+    for a, b in zip(together, alone):
+        assert a["mel"].shape == b["mel"].shape
+        assert np.max(np.abs(a["mel"] - b["mel"])) < 1e-3
+
+
+def test_songs_batched_together_match_alone(tmp_path):
+    """batch on CUDA puts the chunks of several songs in one acoustic call: same songs as one by one."""
+    from alignsts_cli.audio import load_speech
+    from alignsts_cli.analysis import analyse_speech
+    from alignsts_cli.melody import load_midi
+
+    engine = _engine(tmp_path)
+    audio, sr = load_speech(SPEECH)
+    analysis = analyse_speech(audio, sr)
+    jobs = [(audio, sr, load_midi(write_midi(tmp_path / f"{k}.mid", notes)), analysis, k)
+            for k, notes in enumerate(([(0, 2, 48)], [(0, 1, 50), (1, 2, 53)], [(0, 3, 47)]))]
+    alone = [engine.sing(*job[:4], seed=job[4]).audio for job in jobs]
+    engine.batch_size = 4
+    together = [r.audio for r in engine.sing_many(jobs)]
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape and np.max(np.abs(a - b)) < 2e-3
+
+
+def test_precision_float32_and_bf16_vocoder(tmp_path):
+    """--precision auto runs the vocoder in bfloat16 only on CPUs with native bf16; the acoustic model stays
+    float32 either way, and float32 gives the exact float32 audio."""
+    from alignsts_cli.audio import load_speech
+    from alignsts_cli.engines.alignsts import NeuralEngine
+    from alignsts_cli.runtime import cpu_has_bf16
+    from alignsts_cli.voices import VoiceModel
+    from alignsts_cli.analysis import analyse_speech
+    from alignsts_cli.errors import AlignSTSError
+    from alignsts_cli.melody import load_midi
+
+    voice = tiny_voice(tmp_path / "voice", content_kind="mfcc", content_dim=20)
+    vm = VoiceModel(voice / "acoustic", voice / "vocoder", "test")
+    melody = load_midi(write_midi(tmp_path / "m.mid", [(0, 2, 48), (2, 2, 52)]))
+    audio, sr = load_speech(SPEECH)
+    analysis = analyse_speech(audio, sr)
+    exact = NeuralEngine(vm, "cpu", precision="float32")
+    auto = NeuralEngine(vm, "cpu", precision="auto")
+    assert not exact.vocoder_bf16 and auto.vocoder_bf16 == cpu_has_bf16()
+    a = exact.sing(audio, sr, melody, analysis, seed=3)
+    b = auto.sing(audio, sr, melody, analysis, seed=3)
+    assert np.array_equal(a.mel, b.mel)
+    if auto.vocoder_bf16:
+        err = np.sqrt(np.mean((a.audio - b.audio) ** 2) / np.mean(a.audio ** 2))
+        assert 0 < err < 0.2
+    else:
+        assert np.array_equal(a.audio, b.audio)
+    with pytest.raises(AlignSTSError, match="--precision"):
+        NeuralEngine(vm, "cpu", precision="half")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: CPU/CUDA agreement not run")
+def test_cuda_matches_cpu(tmp_path):
+    from alignsts_cli.engines.alignsts import NeuralEngine
+    from alignsts_cli.voices import VoiceModel
+    from alignsts_cli.audio import load_speech
+    from alignsts_cli.analysis import analyse_speech
+    from alignsts_cli.melody import load_midi
+
+    voice = tiny_voice(tmp_path / "voice", content_kind="mfcc", content_dim=20)
+    melody = load_midi(write_midi(tmp_path / "m.mid", [(0, 2, 48), (2, 2, 52)]))
+    audio, sr = load_speech(SPEECH)
+    analysis = analyse_speech(audio, sr)
+    outs = []
+    for device in ("cpu", "cuda"):
+        eng = NeuralEngine(VoiceModel(voice / "acoustic", voice / "vocoder", "test"), device=device)
+        outs.append(eng.sing(audio, sr, melody, analysis, seed=3).mel)
+    assert np.max(np.abs(outs[0] - outs[1])) < 0.05  # half precision on CUDA
