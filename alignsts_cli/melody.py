@@ -346,21 +346,8 @@ def _num(field_: str) -> float | None:
     return float(field_)
 
 
-def load_f0_csv(
-    path: str | os.PathLike,
-    *,
-    units: str = "auto",
-    confidence_threshold: float = 0.5,
-    hop: float = HOP,
-) -> Melody:
-    """A melody from an F0 contour file.
-
-    Accepts CREPE/PESTO (``time,frequency,confidence``) and plain ``time,f0`` with
-    or without a header; commas, tabs, semicolons or spaces; unvoiced frames as 0,
-    empty, NaN or low confidence. ``units``: ``hz``, ``midi`` (note numbers) or
-    ``auto`` (MIDI when the header says ``midi``/``note``).
-    """
-    p = _existing(path, "F0 CSV")
+def _csv_lines(p: Path) -> list[tuple[int, str]]:
+    """(line number, text) of the non-blank, non-comment lines of an F0 CSV."""
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -368,20 +355,18 @@ def load_f0_csv(
     lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise AlignSTSError(f"{p}: the CSV is empty; it needs lines like 'time,frequency'")
+    return lines
 
-    def split(line: str) -> list[str]:
-        for sep in (",", "\t", ";"):
-            if sep in line:
-                return line.split(sep)
-        return line.split()
 
-    first = split(lines[0][1])
-    header = None
-    try:
-        [_num(x) for x in first]
-    except ValueError:
-        header = [h.strip().strip('"').lower() for h in first]
-        lines = lines[1:]
+def _csv_split(line: str) -> list[str]:
+    for sep in (",", "\t", ";"):
+        if sep in line:
+            return line.split(sep)
+    return line.split()
+
+
+def _csv_columns(p: Path, first: list[str], header: list[str] | None, units: str):
+    """(time column, F0 column, confidence column or None, units "hz" | "midi") from the header, if any."""
     if header is not None:
         t_col = next((header.index(n) for n in _TIME_NAMES if n in header), 0)
         f_col = next((header.index(n) for n in _F0_NAMES if n in header), 1 if len(header) > 1 else None)
@@ -396,9 +381,14 @@ def load_f0_csv(
         units = "hz"
     if units not in ("hz", "midi"):
         raise AlignSTSError(f"--f0-units {units}: use 'hz' or 'midi'")
+    return t_col, f_col, c_col, units
+
+
+def _csv_rows(p: Path, lines, t_col: int, f_col: int, c_col: int | None):
+    """(times, F0 values with NaN for empty, confidences with 1 where absent) of the data lines."""
     times, values, confs = [], [], []
     for lineno, line in lines:
-        fields = split(line)
+        fields = _csv_split(line)
         need = max(t_col, f_col, c_col or 0)
         if len(fields) <= max(t_col, f_col):
             raise AlignSTSError(f"{p}: line {lineno} has {len(fields)} field(s), expected time and F0; fix or remove it")
@@ -415,6 +405,34 @@ def load_f0_csv(
         times.append(t)
         values.append(np.nan if f is None else f)
         confs.append(1.0 if c is None or not math.isfinite(c) else c)
+    return times, values, confs
+
+
+def load_f0_csv(
+    path: str | os.PathLike,
+    *,
+    units: str = "auto",
+    confidence_threshold: float = 0.5,
+    hop: float = HOP,
+) -> Melody:
+    """A melody from an F0 contour file.
+
+    Accepts CREPE/PESTO (``time,frequency,confidence``) and plain ``time,f0`` with
+    or without a header; commas, tabs, semicolons or spaces; unvoiced frames as 0,
+    empty, NaN or low confidence. ``units``: ``hz``, ``midi`` (note numbers) or
+    ``auto`` (MIDI when the header says ``midi``/``note``).
+    """
+    p = _existing(path, "F0 CSV")
+    lines = _csv_lines(p)
+    first = _csv_split(lines[0][1])
+    header = None
+    try:
+        [_num(x) for x in first]
+    except ValueError:
+        header = [h.strip().strip('"').lower() for h in first]
+        lines = lines[1:]
+    t_col, f_col, c_col, units = _csv_columns(p, first, header, units)
+    times, values, confs = _csv_rows(p, lines, t_col, f_col, c_col)
     if not times:
         raise AlignSTSError(f"{p}: the CSV has a header but no rows of data")
     t = np.asarray(times)
