@@ -60,6 +60,8 @@ def test_ablated_voices_sing(tmp_path, ablation):
 
 def test_batched_chunks_match_one_by_one(tmp_path):
     """The padded, length-masked batch path (used on CUDA) gives what one-at-a-time gives."""
+    from alignsts_cli.engines.alignsts import ChunkInput
+
     engine = _engine(tmp_path)
     rng = np.random.default_rng(0)
     spk = rng.standard_normal(256).astype(np.float32)
@@ -68,12 +70,12 @@ def test_batched_chunks_match_one_by_one(tmp_path):
     for t, tc in ((120, 40), (90, 33)):
         f0 = np.where(np.arange(t) % 30 < 25, 220.0, 0.0).astype(np.float32)
         noise = torch.randn(5, 1, 1, 80, t, generator=torch.Generator().manual_seed(t))
-        items.append((rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None, spk))
+        items.append(ChunkInput(rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None, spk))
     together = engine._acoustic(items)
     alone = [engine._acoustic([it])[0] for it in items]
     for a, b in zip(together, alone):
-        assert a["mel"].shape == b["mel"].shape
-        assert np.max(np.abs(a["mel"] - b["mel"])) < 1e-3
+        assert a.mel.shape == b.mel.shape
+        assert np.max(np.abs(a.mel - b.mel)) < 1e-3
 
 
 def test_songs_batched_together_match_alone(tmp_path):
