@@ -5,6 +5,9 @@ Three ways, tried in this order:
 2. one ``--melody`` for every speech file;
 3. matching stems: ``take1.wav`` sings ``take1.mid`` (or ``.midi``, ``.f0.csv``, ``.csv``,
    or a reference recording ``take1.melody.wav``).
+
+:func:`run_jobs` then converts them with the batch's rules (no melody: failed with where it looked;
+output already there: skipped unless overwrite; one failure never stops the rest).
 """
 from __future__ import annotations
 

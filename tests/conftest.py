@@ -124,3 +124,65 @@ def fake_official_hifigan(folder: Path, seed: int = 0) -> Path:
     torch.save({"state_dict": {"model_gen": gen}, "global_step": 200000}, folder / "model_ckpt_steps_200000.ckpt")
     torch.save({"state_dict": {"model_gen": {}}}, folder / "model_ckpt_steps_1000.ckpt")  # older; must be skipped
     return folder
+
+
+def tiny_config(**changes):
+    """A small AlignSTSConfig (toy profile, 16 mels, hidden 32) that runs in a moment on 2 CPU threads."""
+    from alignsts_cli.model import AlignSTSConfig
+
+    base = dict(audio_profile="toy", n_mels=16, content_dim=8, hidden=32, speaker_dim=32, norm_groups=4,
+                denoiser_layers=3, denoiser_channels=32, ffn_mult=2)
+    base.update(changes)
+    return AlignSTSConfig(**base)
+
+
+def model_inputs(cfg, t=40, tc=12, seed=0):
+    """(content [1, tc, D], speaker [1, S] unit norm, F0 [1, t] Hz, noise [steps+1, 1, 1, M, t]) for ``cfg``."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    content = torch.randn(1, tc, cfg.content_dim, generator=g)
+    speaker = F.normalize(torch.randn(1, cfg.speaker_dim, generator=g), dim=-1)
+    f0 = 150 + 200 * torch.rand(1, t, generator=g)
+    noise = torch.randn(cfg.diffusion_steps + 1, 1, 1, cfg.n_mels, t, generator=g)
+    return content, speaker, f0, noise
+
+
+def fake_official_state(layout, seed=0) -> dict:
+    """Random tensors with the official key names and shapes; the schedule buffers get their real
+    values (random ones would overflow the sampler)."""
+    import torch
+
+    from alignsts_cli.model.diffusion import schedule
+
+    g = torch.Generator().manual_seed(seed)
+    sched = schedule(next(shape for key, shape, _ in layout if key == "diff_decoder.betas")[0] - 1)
+    state = {}
+    for key, shape, _ in layout:
+        name = key.rsplit(".", 1)[-1]
+        if key.startswith("diff_decoder.") and name in sched:
+            state[key] = torch.tensor(sched[name], dtype=torch.float32)
+        elif name in ("timesteps", "timescale"):
+            state[key] = torch.tensor(4.0 if name == "timesteps" else 1.0)
+        elif name == "ema_count":
+            state[key] = torch.rand(shape, generator=g) * 100 + 1
+        elif name == "embedding":
+            state[key] = torch.randn(shape, generator=g)
+        elif name == "weight" and len(shape) == 1:
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)  # GroupNorm / LayerNorm gains
+        else:
+            state[key] = 0.05 * torch.randn(shape, generator=g)
+    return state
+
+
+def write_official(path: Path, state: dict, flat: bool = False, step: int = 200000) -> Path:
+    """A legacy (non-zip) torch.save like the authors' Lightning-style checkpoint."""
+    import torch
+
+    sd = {f"model.{k}": v for k, v in state.items()} if flat else {"model": state}
+    ckpt = {"epoch": 3, "global_step": step, "checkpoint_callback_best": 0.1, "optimizer_states": [{}],
+            "state_dict": sd}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    return path

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import EXAMPLES, fake_official_hifigan, tiny_voice, write_midi
+from conftest import EXAMPLES, fake_official_hifigan, fake_official_state, tiny_voice, write_midi, write_official
 from hub_server import FakeHub
 
 SPEECH = EXAMPLES / "speech.wav"
@@ -140,8 +140,6 @@ def test_import_official_archive_then_convert(published, tmp_path):
     """The authors' released layout (zip of checkpoints/alignsts + checkpoints/hifigan, pickles) is
     imported once into safetensors, becomes the default engine, and sings at 24 kHz."""
     import zipfile
-
-    from test_checkpoint import fake_official_state, write_official
 
     hub, lock = published
     layout = [tuple(k) for k in json.loads((DATA / "official_alignsts_keys.json").read_text())["keys"]]

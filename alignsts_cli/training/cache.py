@@ -283,7 +283,7 @@ class Cache:
             with np.load(path, allow_pickle=False) as z:
                 return {k: np.asarray(z[k], dtype=np.float32) for k in names}
         except (OSError, KeyError, ValueError) as exc:
-            raise AlignSTSError(f"{path}: missing or damaged ({exc}); run `alignsts prepare` again to redo it") from None
+            raise AlignSTSError(f"{path}: unreadable cache item ({exc}); run `alignsts prepare` again to redo it") from None
 
     def resolve(self, p: str) -> Path:
         """An item's audio path: as written, else relative to the dataset (``source``), else to the cache."""

@@ -27,6 +27,8 @@ from alignsts_cli.model.attention import (
 from alignsts_cli.model.diffusion import schedule, ssim
 from alignsts_cli.model.vq import VQEmbeddingEMA
 
+from conftest import tiny_config as shared_tiny_config
+
 torch.set_num_threads(2)
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -36,10 +38,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 # ---------------------------------------------------------------------------------------------
 
 def tiny_config(**changes) -> AlignSTSConfig:
-    base = dict(audio_profile="toy", n_mels=16, content_dim=8, hidden=32, speaker_dim=32, norm_groups=4,
-                denoiser_layers=4, denoiser_channels=32, ffn_mult=2)
-    base.update(changes)
-    return AlignSTSConfig(**base)
+    return shared_tiny_config(**{"denoiser_layers": 4, **changes})
 
 
 def lively(model: AlignSTS, seed: int = 0) -> AlignSTS:

@@ -6,34 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from alignsts_cli.errors import AlignSTSError
-from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, save_model
+from alignsts_cli.model import AlignSTS, load_model, save_model
 from alignsts_cli.model import checkpoint, foreign
 from alignsts_cli.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig
-from conftest import fake_official_hifigan
+from conftest import fake_official_hifigan, model_inputs, tiny_config
 
 torch.set_num_threads(2)
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def tiny_config(**changes) -> AlignSTSConfig:
-    base = dict(audio_profile="toy", n_mels=16, content_dim=8, hidden=32, speaker_dim=32, norm_groups=4,
-                denoiser_layers=3, denoiser_channels=32, ffn_mult=2)
-    base.update(changes)
-    return AlignSTSConfig(**base)
-
-
-def inputs(cfg, t=40, tc=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    content = torch.randn(1, tc, cfg.content_dim, generator=g)
-    speaker = F.normalize(torch.randn(1, cfg.speaker_dim, generator=g), dim=-1)
-    f0 = 150 + 200 * torch.rand(1, t, generator=g)
-    noise = torch.randn(cfg.diffusion_steps + 1, 1, 1, cfg.n_mels, t, generator=g)
-    return content, speaker, f0, noise
 
 
 @pytest.mark.parametrize("name", ["folder", "model.safetensors"])
@@ -50,7 +33,7 @@ def test_save_and_load_round_trip(tmp_path, name):
     assert loaded.config == cfg and not loaded.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
-    content, speaker, f0, noise = inputs(cfg)
+    content, speaker, f0, noise = model_inputs(cfg)
     a = model.infer(content, speaker, f0, noise)
     b = loaded.infer(content, speaker, f0, noise)
     for key in ("mel", "condition", "rhythm_codes", "attention"):

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.model import AlignSTS, AlignSTSConfig, import_official, load_model
 from alignsts_cli.model import foreign
 from alignsts_cli.model.foreign import config_from_official, find_official_checkpoint, unused_reason
-from alignsts_cli.model.diffusion import schedule
 import shutil
 import subprocess
 import warnings
@@ -24,60 +22,11 @@ import soundfile as sf
 from alignsts_cli.model import hifigan as hg
 from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig
 from alignsts_cli.profiles import get_profile, mel_spectrogram
-from conftest import espeak, fake_official_hifigan
+from conftest import espeak, fake_official_hifigan, fake_official_state, model_inputs, tiny_config, write_official
 
 torch.set_num_threads(2)
 DATA = Path(__file__).resolve().parents[1] / "data"
 OFFICIAL_KEYS = json.loads((DATA / "official_alignsts_keys.json").read_text())["keys"]
-
-
-def tiny_config(**changes) -> AlignSTSConfig:
-    base = dict(audio_profile="toy", n_mels=16, content_dim=8, hidden=32, speaker_dim=32, norm_groups=4,
-                denoiser_layers=3, denoiser_channels=32, ffn_mult=2)
-    base.update(changes)
-    return AlignSTSConfig(**base)
-
-
-def inputs(cfg, t=40, tc=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    content = torch.randn(1, tc, cfg.content_dim, generator=g)
-    speaker = F.normalize(torch.randn(1, cfg.speaker_dim, generator=g), dim=-1)
-    f0 = 150 + 200 * torch.rand(1, t, generator=g)
-    noise = torch.randn(cfg.diffusion_steps + 1, 1, 1, cfg.n_mels, t, generator=g)
-    return content, speaker, f0, noise
-
-
-def fake_official_state(layout, seed=0) -> dict[str, torch.Tensor]:
-    """Random tensors with the official key names and shapes; the schedule buffers get their real
-    values (random ones would overflow the sampler)."""
-    g = torch.Generator().manual_seed(seed)
-    sched = schedule(next(shape for key, shape, _ in layout if key == "diff_decoder.betas")[0] - 1)
-    state = {}
-    for key, shape, _ in layout:
-        name = key.rsplit(".", 1)[-1]
-        if key.startswith("diff_decoder.") and name in sched:
-            state[key] = torch.tensor(sched[name], dtype=torch.float32)
-        elif name in ("timesteps", "timescale"):
-            state[key] = torch.tensor(4.0 if name == "timesteps" else 1.0)
-        elif name == "ema_count":
-            state[key] = torch.rand(shape, generator=g) * 100 + 1
-        elif name == "embedding":
-            state[key] = torch.randn(shape, generator=g)
-        elif name == "weight" and len(shape) == 1:
-            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)  # GroupNorm / LayerNorm gains
-        else:
-            state[key] = 0.05 * torch.randn(shape, generator=g)
-    return state
-
-
-def write_official(path: Path, state: dict, flat: bool = False, step: int = 200000) -> Path:
-    """A legacy (non-zip) torch.save like the authors' Lightning-style checkpoint."""
-    sd = {f"model.{k}": v for k, v in state.items()} if flat else {"model": state}
-    ckpt = {"epoch": 3, "global_step": step, "checkpoint_callback_best": 0.1, "optimizer_states": [{}],
-            "state_dict": sd}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
-    return path
 
 
 def tiny_layout(cfg):
@@ -103,7 +52,7 @@ def test_import_official_layout_round_trips(tmp_path):
 
     reference = AlignSTS().eval()
     reference.load_state_dict(state)
-    content, speaker, f0, noise = inputs(loaded.config, t=30, tc=10)
+    content, speaker, f0, noise = model_inputs(loaded.config, t=30, tc=10)
     a = reference.infer(content, speaker, f0, noise)
     b = loaded.infer(content, speaker, f0, noise)
     for key in ("mel", "condition", "rhythm_codes", "attention"):

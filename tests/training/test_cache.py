@@ -13,13 +13,7 @@ from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.features import content_frames
 from alignsts_cli.melody import extract_f0, load_midi
 from alignsts_cli.profiles import get_profile
-from conftest import vowel
 
-
-def wav(path, f0=200.0, seconds=0.6, sr=16000):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, vowel(f0, seconds, sr), sr)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +53,7 @@ def cache(corpus, tmp_path_factory):
     assert not list((out / "items").glob(".*"))  # no partial files left behind
     assert not (out / "items.json").exists()
     with pytest.raises(AlignSTSError, match="unfinished"):
-        C.load_cache(out)
+        C.read_cache(out)
     first = {p.name: p.stat().st_mtime_ns for p in (out / "items").glob("*.npz")}
     calls = []
     res = C.prepare(corpus, out, progress=lambda d, t, i: calls.append((d, t, i)))
@@ -71,7 +65,8 @@ def cache(corpus, tmp_path_factory):
 
 
 def test_cache_json_and_items(cache, corpus):
-    info, items = C.load_cache(cache)
+    c = C.read_cache(cache)
+    info, items = c.info, c.items
     for key, value in {"format": "alignsts-cache", "version": 1, "profile": "compact-16k", "content_kind": "mfcc",
                        "content_dim": 20, "speaker_dim": 256, "items": 6}.items():
         assert info[key] == value
@@ -89,7 +84,8 @@ def test_cache_json_and_items(cache, corpus):
 
 def test_item_arrays(cache, corpus):
     p = get_profile("compact-16k")
-    _, items = C.load_cache(cache)
+    c = C.read_cache(cache)
+    _, items = c.info, c.items
     for it in items:
         with np.load(cache / "items" / f"{it['id']}.npz") as z:
             a = {k: z[k] for k in z.files}
@@ -127,7 +123,8 @@ def test_prepare_refuses_other_settings(cache, corpus):
 
 def test_dataset_and_collate(cache):
     p = get_profile("compact-16k")
-    _, items = C.load_cache(cache)
+    c = C.read_cache(cache)
+    _, items = c.info, c.items
     ds = C.CacheDataset(cache, "train")
     want = [it for it in items if it["split"] == "train"]
     assert len(ds) == len(want) >= 2
@@ -159,9 +156,9 @@ def test_dataset_and_collate(cache):
 
 def test_load_cache_errors(tmp_path, cache):
     with pytest.raises(AlignSTSError, match="not a prepared cache"):
-        C.load_cache(tmp_path)
+        C.read_cache(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(cache, broken)
-    (broken / "items" / f"{C.load_cache(cache)[1][0]['id']}.npz").unlink()
+    (broken / "items" / f"{C.read_cache(cache).items[0]['id']}.npz").unlink()
     with pytest.raises(AlignSTSError, match="run `alignsts prepare` again"):
         C.CacheDataset(broken, ["train", "valid", "test"])[0]

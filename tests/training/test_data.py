@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from alignsts_cli.training import corpus as C
 from alignsts_cli.training import data as D
 from alignsts_cli.errors import AlignSTSError
 from conftest import vowel
@@ -147,17 +146,3 @@ def test_split_honours_the_manifest_but_never_leaks():
         D.split_items([mk(str(i), "x", f"s{i}", None) for i in range(5)])
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    if C.shutil.which("festival") is None:
-        pytest.fail("Festival is not installed; run `bash scripts/install-festival.sh`")
-    C.make_corpus(out, seed=1, voices=4, sentences=4, melodies=3, items=6)
-    # One more item whose speech is silent: prepare must leave it out and say why.
-    sf.write(out / "speech" / "silent.wav", np.zeros(16000, np.float32), 16000)
-    with open(out / "manifest.csv", newline="") as fh:
-        train = next(r for r in csv.DictReader(fh) if r["split"] == "train")
-    with open(out / "manifest.csv", "a", newline="") as fh:
-        csv.writer(fh).writerow(["zz-silent", train["speaker"], "speech/silent.wav", train["singing"],
-                                 "nothing", train["song"], "train", ""])
-    return out
