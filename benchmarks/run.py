@@ -95,7 +95,8 @@ def official_voice(folder: Path) -> Path:
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     from alignsts_cli.model import AlignSTS, AlignSTSConfig, save_model
-    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig, save_vocoder
+    from alignsts_cli.model.checkpoint import save_vocoder
+    from alignsts_cli.model.hifigan import HiFiGAN, HiFiGANConfig
 
     if (folder / "content" / "config.json").exists():
         return folder

@@ -44,7 +44,7 @@ def pick_checkpoint(run: Path, step: int | None) -> Path:
 
 def main(source: Path, step: int | None = None) -> None:
     from alignsts_cli.model import load_model, save_model
-    from alignsts_cli.model.hifigan import load_vocoder, save_vocoder
+    from alignsts_cli.model.checkpoint import load_vocoder, save_vocoder
 
     if (source / "checkpoints").is_dir():
         model = load_model(pick_checkpoint(source, step))

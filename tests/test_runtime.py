@@ -1,0 +1,36 @@
+"""Process settings (alignsts_cli/runtime.py): devices, precision, threads."""
+import pytest
+import torch
+
+from alignsts_cli import runtime
+from alignsts_cli.errors import AlignSTSError
+
+
+def test_bad_settings_are_user_errors_that_name_the_option():
+    for call, option in ((lambda: runtime.check_device("tpu"), "--device"),
+                         (lambda: runtime.pick_device("tpu"), "--device"),
+                         (lambda: runtime.check_precision("half"), "--precision"),
+                         (lambda: runtime.set_threads(0), "--threads")):
+        with pytest.raises(AlignSTSError, match=option):
+            call()
+    if not torch.cuda.is_available():
+        with pytest.raises(AlignSTSError, match="no CUDA GPU"):
+            runtime.pick_device("cuda")
+
+
+def test_auto_device_and_bf16_choice():
+    assert runtime.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert runtime.pick_device("cpu") == "cpu"
+    assert runtime.use_bf16_vocoder("float32", "cpu") is False
+    assert runtime.use_bf16_vocoder("auto", "cuda") is False
+    assert runtime.use_bf16_vocoder("auto", "cpu") == runtime.cpu_has_bf16()
+
+
+def test_threads_set_and_restored():
+    before = torch.get_num_threads()
+    with runtime.one_torch_thread("cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    runtime.set_threads(1)
+    assert torch.get_num_threads() == 1
+    runtime.set_threads(before)
