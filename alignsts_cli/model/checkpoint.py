@@ -85,7 +85,7 @@ def _metadata(path: Path) -> dict:
         raise WeightsDamaged(f"{path}: not a readable safetensors file ({exc}); download or export it again") from None
 
 
-def _locate(path: str | os.PathLike, fmt: Format) -> tuple[Path, Path | None]:
+def _locate(path: str | os.PathLike) -> tuple[Path, Path | None]:
     """(weights file, config.json or None) of a checkpoint, with a clear error when it is not one."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -102,7 +102,7 @@ def _locate(path: str | os.PathLike, fmt: Format) -> tuple[Path, Path | None]:
 
 def read_config(path: str | os.PathLike, fmt: Format) -> dict:
     """The config a checkpoint carries (from ``config.json``, else the metadata), without reading its tensors."""
-    weights, config_file = _locate(path, fmt)
+    weights, config_file = _locate(path)
     if config_file is not None:
         text = config_file.read_text(encoding="utf-8")
     else:
@@ -126,7 +126,7 @@ def read_checkpoint(path: str | os.PathLike, fmt: Format) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     config = read_config(path, fmt)
-    weights, _ = _locate(path, fmt)
+    weights, _ = _locate(path)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for damaged files

@@ -181,16 +181,7 @@ def prepare(
         "content_dim": int(content_dim), "speaker_dim": SPEAKER_DIM, "source": source, "items": 0,
     }
     info_path = out / "cache.json"
-    if info_path.exists():
-        old = _read_json(info_path)
-        if not isinstance(old, dict) or old.get("format") != CACHE_FORMAT:
-            raise AlignSTSError(f"{out}: holds a cache.json that is not an alignsts cache; choose an empty folder")
-        for key in ("profile", "content_kind", "content_dim", "source"):
-            if old.get(key) != info[key]:
-                raise AlignSTSError(
-                    f"{out}: was prepared with {key} {old.get(key)!r}, not {info[key]!r}; use another output folder "
-                    "or delete this one"
-                )
+    _check_resumable(out, info)
     check_output_path(info_path, overwrite=True, suffixes=(".json",))
     (out / "items").mkdir(parents=True, exist_ok=True)
     splits = split_items(items, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction)
@@ -198,28 +189,18 @@ def prepare(
     order = [it for it in items if it.id in split_of]
     write_json(info_path, {**info, "complete": False})
 
-    extractor = None
-    records, failed = [], []
+    def extractor():  # loaded once, and only when an item needs computing
+        if not loaded:
+            loaded.append(FeatureExtractor(content_kind, content_dim, content_model=content_model, device=device))
+        return loaded[0]
+
+    loaded, records, failed = [], [], []
     computed = reused = 0
     with one_torch_thread(device):
         for k, item in enumerate(order):
-            path = out / "items" / f"{item.id}.npz"
-            shapes = _npz_shapes(path) if path.exists() else None
+            shapes, done_before = _item_file(out / "items" / f"{item.id}.npz", item, extractor, p, failed)
             if shapes is not None:
-                reused += 1
-            else:
-                if extractor is None:
-                    extractor = FeatureExtractor(content_kind, content_dim, content_model=content_model, device=device)
-                try:
-                    arrays = compute_item(item, extractor, p)
-                except AlignSTSError as exc:
-                    failed.append((item.id, str(exc)))
-                    arrays = None
-                if arrays is not None:
-                    _save_npz(path, arrays)
-                    shapes = {name: a.shape for name, a in arrays.items()}
-                    computed += 1
-            if shapes is not None:
+                reused, computed = (reused + 1, computed) if done_before else (reused, computed + 1)
                 records.append(_record(item, split_of[item.id], shapes))
             if progress is not None:
                 progress(k + 1, len(order), item.id)
@@ -234,6 +215,37 @@ def prepare(
         "hours": round(hours, 4), "failed": [{"id": i, "reason": r} for i, r in failed],
     })
     return PrepareResult(out, len(records), computed, reused, failed, counts, hours)
+
+
+def _check_resumable(out: Path, info: dict) -> None:
+    """Refuse a folder whose cache.json is not ours, or was made from other data or settings."""
+    info_path = out / "cache.json"
+    if not info_path.exists():
+        return
+    old = _read_json(info_path)
+    if not isinstance(old, dict) or old.get("format") != CACHE_FORMAT:
+        raise AlignSTSError(f"{out}: holds a cache.json that is not an alignsts cache; choose an empty folder")
+    for key in ("profile", "content_kind", "content_dim", "source"):
+        if old.get(key) != info[key]:
+            raise AlignSTSError(
+                f"{out}: was prepared with {key} {old.get(key)!r}, not {info[key]!r}; use another output folder "
+                "or delete this one"
+            )
+
+
+def _item_file(path: Path, item: Item, extractor, profile, failed: list) -> tuple[dict | None, bool]:
+    """(array shapes, found done before?) of one item's file, computing and writing it when missing or
+    unreadable; (None, False) when the item's audio is unusable (its reason is appended to ``failed``)."""
+    shapes = _npz_shapes(path) if path.exists() else None
+    if shapes is not None:
+        return shapes, True
+    try:
+        arrays = compute_item(item, extractor(), profile)
+    except AlignSTSError as exc:
+        failed.append((item.id, str(exc)))
+        return None, False
+    _save_npz(path, arrays)
+    return {name: a.shape for name, a in arrays.items()}, False
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple] | None:

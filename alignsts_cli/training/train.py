@@ -509,20 +509,7 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
     if config is None:
         saved = run / "train_config.json"
         config = TrainConfig.load(saved) if saved.exists() else TrainConfig()
-    data = read_cache(cache)
-    mcfg = config.model_config(data.info)
-    check_compatible(data, mcfg)
-    train_items = data.split("train", min_frames=MIN_FRAMES)
-    valid_items = data.split("valid", min_frames=MIN_FRAMES)
-    if not train_items:
-        raise AlignSTSError(f"{data.folder}: the cache has no train items (of {MIN_FRAMES}+ frames); "
-                            f"{PREPARE_HINT} with a train split")
-    notes = []
-    if not valid_items:
-        notes.append("the cache has no valid split: no validation loss and no samples")
-    short = sum(1 for it in data.items if int(it.get("frames", 0)) < MIN_FRAMES)
-    if short:
-        notes.append(f"{short} item(s) under {MIN_FRAMES} frames were left out")
+    data, mcfg, train_items, valid_items, notes = _open_data(cache, config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = _pick_device(config.device)
@@ -597,6 +584,25 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
         "seconds_per_step": session / (ses.step - first_step) if ses.step > first_step else None,
         "losses": last_row, "valid": last_valid, "notes": notes,
     }
+
+
+def _open_data(cache, config: TrainConfig):
+    """(cache, model config, train items, valid items, notes for the user) of a run, checked to fit."""
+    data = read_cache(cache)
+    mcfg = config.model_config(data.info)
+    check_compatible(data, mcfg)
+    train_items = data.split("train", min_frames=MIN_FRAMES)
+    valid_items = data.split("valid", min_frames=MIN_FRAMES)
+    if not train_items:
+        raise AlignSTSError(f"{data.folder}: the cache has no train items (of {MIN_FRAMES}+ frames); "
+                            f"{PREPARE_HINT} with a train split")
+    notes = []
+    if not valid_items:
+        notes.append("the cache has no valid split: no validation loss and no samples")
+    short = sum(1 for it in data.items if int(it.get("frames", 0)) < MIN_FRAMES)
+    if short:
+        notes.append(f"{short} item(s) under {MIN_FRAMES} frames were left out")
+    return data, mcfg, train_items, valid_items, notes
 
 
 def _start(data: Cache, mcfg: AlignSTSConfig, config: TrainConfig, done: list, device) -> tuple[_Session, bool]:
