@@ -91,8 +91,19 @@ def sing(
     """Sing ``[n]`` speech audio to ``melody``; returns (audio ``[round(melody.duration·sr)]``, info).
 
     ``analysis``: the speech's (made here when not given). ``progress(done, total)`` is called after
-    each syllable group when given.
+    each syllable group when given. The same input gives the same output: Praat's overlap-add places
+    its pulses with Praat's random generator, which is seeded here (and set back to unpredictable after).
     """
+    import parselmouth
+
+    parselmouth.praat.run("random_initializeWithSeedUnsafelyButPredictably (0)")
+    try:
+        return _sing(audio, sr, melody, settings, analysis, progress)
+    finally:
+        parselmouth.praat.run("random_initializeSafelyAndUnpredictably ()")
+
+
+def _sing(audio, sr, melody, settings, analysis, progress) -> tuple[np.ndarray, dict]:
     settings = settings or PsolaSettings()
     analysis = analysis or analyse_speech(audio, sr)
     sylls, notes = analysis.syllables, melody.notes
