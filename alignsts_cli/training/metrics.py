@@ -19,6 +19,16 @@ signal to the audio profile's rate (the model rate, as the official evaluation) 
   norm divided by sqrt(T). See ``RRD_REDUCTION`` for why RMS and not the plain L2 norm.
 - ``speaker_similarity``: cosine of the Resemblyzer embeddings (``features.FeatureExtractor.speaker``)
   of the input speech and the output singing.
+
+Without a reference singing (real speech and a melody file: ``training.scorecard``), the output is judged
+against the melody it was asked to sing instead:
+
+- ``melody_accuracy``: the output's Praat F0 on the melody's 10 ms grid against the melody's contour, over
+  the melody's voiced frames less each note's first and last 40 ms (``MELODY_EDGE``: onsets and
+  releases are where consonants and glides belong): raw pitch accuracy and raw chroma accuracy at 50
+  cents, the voiced cover (share of those frames where the output is voiced at all), and the
+  duration error (output length minus the melody's: its contour's, which for MIDI ends with the last
+  note; seconds).
 """
 from __future__ import annotations
 
@@ -40,6 +50,19 @@ RCA_CENTS = 50.0
 #: [0, 1] (curves are in [0, 1]) and is the same for every system. ``rrd(..., reduction="l2")`` gives
 #: the plain norm.
 RRD_REDUCTION = "rms"
+#: Melody accuracy leaves out this much of each note's start and end, seconds.
+MELODY_EDGE = 0.04
+
+
+def _cents_apart(ref: np.ndarray, est: np.ndarray) -> np.ndarray:
+    """|1200 log2(est / ref)| where both are voiced (> 0), else 0."""
+    both = (ref > 0) & (est > 0)
+    return np.abs(1200.0 * np.log2(np.where(both, est, 1.0) / np.where(both, ref, 1.0)))
+
+
+def _octaves_forgiven(diff: np.ndarray) -> np.ndarray:
+    """mir_eval's chroma distance: ``|d - 1200·floor(d/1200 + 0.5)|``."""
+    return np.abs(diff - 1200.0 * np.floor(diff / 1200.0 + 0.5))
 
 
 def raw_chroma_accuracy(ref_f0: np.ndarray, est_f0: np.ndarray, cents: float = RCA_CENTS) -> float:
@@ -56,9 +79,60 @@ def raw_chroma_accuracy(ref_f0: np.ndarray, est_f0: np.ndarray, cents: float = R
     if not ref_v.any():
         raise ValueError("the reference has no voiced frames")
     both = ref_v & est_v
-    diff = np.abs(1200.0 * np.log2(np.where(both, est, 1.0) / np.where(both, ref, 1.0)))
-    chroma = np.abs(diff - 1200.0 * np.floor(diff / 1200.0 + 0.5))
+    chroma = _octaves_forgiven(_cents_apart(ref, est))
     return float(np.sum(both & (chroma < cents)) / np.sum(ref_v))
+
+
+def judged_frames(melody, edge: float = MELODY_EDGE) -> np.ndarray:
+    """``[T]`` bool on the melody's grid: voiced frames inside a note, at least ``edge`` seconds from
+    its start and end (a contour without notes: every voiced frame)."""
+    voiced = melody.f0 > 0
+    if not melody.notes:
+        return voiced
+    t = melody.times
+    inside = np.zeros(len(t), dtype=bool)
+    for n in melody.notes:
+        inside |= (t >= n.start + edge) & (t < n.end - edge)
+    return voiced & inside
+
+
+def output_f0(audio: np.ndarray, sr: int, melody) -> np.ndarray:
+    """Praat F0 ``[T]`` of a sung output on the melody's grid, searched from a little over an octave
+    below the melody's lowest pitch to a little over an octave above its highest: low male tunes and
+    high female ones are both tracked, and an output an octave off is seen as such (a narrower search
+    would report the octave below an output sung an octave high, i.e. the target)."""
+    from alignsts_cli.melody import extract_f0
+
+    target = melody.f0[melody.f0 > 0]
+    floor = float(np.clip(target.min() / 2.2, 40.0, 400.0))
+    ceiling = float(np.clip(target.max() * 2.2, 4 * floor, 0.45 * sr))
+    f0, _ = extract_f0(np.asarray(audio, dtype=np.float32), sr, hop=melody.hop, floor=floor, ceiling=ceiling)
+    n = len(melody.f0)
+    return np.pad(f0[:n], (0, max(0, n - len(f0))))
+
+
+def melody_accuracy(audio: np.ndarray, sr: int, melody, cents: float = RCA_CENTS,
+                    edge: float = MELODY_EDGE) -> dict:
+    """How well ``[n]`` audio at ``sr`` sings ``melody`` (a ``melody.Melody``): see the module docstring.
+
+    ``{"raw_pitch_accuracy", "raw_chroma_accuracy", "voiced_cover", "duration_error"}``; the first
+    three are shares of the judged frames (:func:`judged_frames`), the last is in seconds (positive =
+    the output is longer than ``melody.duration``). Raises ``ValueError`` when the melody has no judged frame.
+    """
+    judged = judged_frames(melody, edge)
+    if not judged.any():
+        raise ValueError("the melody has no voiced frame to judge")
+    ref = np.where(judged, melody.f0, 0.0)
+    est = output_f0(audio, sr, melody)
+    voiced = judged & (est > 0)
+    diff = _cents_apart(ref, est)
+    count = float(judged.sum())
+    return {
+        "raw_pitch_accuracy": float(np.sum(voiced & (diff < cents)) / count),
+        "raw_chroma_accuracy": float(np.sum(voiced & (_octaves_forgiven(diff) < cents)) / count),
+        "voiced_cover": float(voiced.sum() / count),
+        "duration_error": float(len(audio) / sr - melody.duration),
+    }
 
 
 def _mono(x) -> np.ndarray:

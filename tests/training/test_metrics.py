@@ -153,3 +153,51 @@ def test_metric_raw_chroma_accuracy():
     assert raw_chroma_accuracy(ref, ref * 2) == 1.0  # octave errors are forgiven
     assert raw_chroma_accuracy(ref, ref * 2 ** (1 / 12)) == 0.0  # a semitone off
     assert raw_chroma_accuracy(ref, np.array([220.0, 0, 226, 220, 220])) == 0.75  # unvoiced counts as wrong
+
+
+# ------------------------------------------------------------------------------------------ melody accuracy
+
+def sung(melody, sr: int = SR, cents: float = 0.0, seconds: float | None = None) -> np.ndarray:
+    """A vowel that follows ``melody``'s contour exactly, ``cents`` off, silent on its rests."""
+    n = int(round((melody.duration if seconds is None else seconds) * sr))
+    t = np.arange(n) / sr
+    f0 = melody.f0_at(t) * 2 ** (cents / 1200)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.exp(-(((k * f0 - 700) / 400) ** 2) + 0.05) * np.sin(k * phase) for k in range(1, 15))
+    return (0.3 * x * (f0 > 0) / 3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tune():
+    from alignsts_cli.melody import Melody, Note, render_notes
+
+    notes = [Note(0.2, 0.7, 57), Note(0.7, 1.2, 60), Note(1.4, 2.2, 62), Note(2.2, 3.0, 55)]
+    return Melody(f0=render_notes(notes), notes=notes)
+
+
+def test_a_voice_on_the_notes_scores_one_and_a_semitone_off_zero(tune):
+    on = M.melody_accuracy(sung(tune), SR, tune)
+    assert on["raw_pitch_accuracy"] > 0.97 and on["raw_chroma_accuracy"] > 0.97 and on["voiced_cover"] > 0.97
+    assert abs(on["duration_error"]) < 0.011
+    off = M.melody_accuracy(sung(tune, cents=100), SR, tune)
+    assert off["raw_pitch_accuracy"] < 0.03 and off["raw_chroma_accuracy"] < 0.03 and off["voiced_cover"] > 0.97
+    octave = M.melody_accuracy(sung(tune, cents=1200), SR, tune)  # chroma forgives the octave, raw pitch does not
+    assert octave["raw_pitch_accuracy"] < 0.03 and octave["raw_chroma_accuracy"] > 0.97
+    quiet = M.melody_accuracy(np.zeros(int(3.5 * SR), np.float32), SR, tune)
+    assert quiet["voiced_cover"] == 0.0 and quiet["raw_pitch_accuracy"] == 0.0
+    assert quiet["duration_error"] == pytest.approx(0.5)  # 3.5 s of output for a melody that ends at 3.0 s
+
+
+def test_melody_accuracy_leaves_out_each_notes_first_and_last_40_ms(tune):
+    judged = M.judged_frames(tune)
+    # 0.5 + 0.5 + 0.8 + 0.8 s of notes, less 80 ms each: 2.28 s of 10 ms frames.
+    assert judged.sum() == pytest.approx(228, abs=4)
+    assert not judged[int(0.7 / 0.01) - 3: int(0.7 / 0.01) + 3].any()  # around the note change at 0.7 s
+    # Wrong pitch only at the note edges does not count.
+    x = sung(tune)
+    t = np.arange(len(x)) / SR
+    edges = np.zeros(len(x), bool)
+    for n in tune.notes:
+        edges |= ((t >= n.start) & (t < n.start + 0.02)) | ((t > n.end - 0.02) & (t < n.end))
+    glided = np.where(edges, sung(tune, cents=300), x)
+    assert M.melody_accuracy(glided, SR, tune)["raw_pitch_accuracy"] > 0.95
