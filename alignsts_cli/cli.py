@@ -128,7 +128,10 @@ Transpose = Annotated[float, typer.Option(help="Shift the melody by N semitones.
 AutoKey = Annotated[bool, typer.Option("--auto-key", help="Move the melody by octaves into the speaker's range.")]
 Tempo = Annotated[float, typer.Option(help="Tempo factor: 2 = twice as fast, 0.5 = half speed.")]
 Vibrato = Annotated[float, typer.Option(help="Vibrato depth in cents (0 = none; 20-50 sounds natural).")]
-Engine = Annotated[str, typer.Option(help="auto (AlignSTS when its weights are installed, else psola), psola or alignsts.")]
+Engine = Annotated[str, typer.Option(
+    help="auto (psola: the best on real speech, see the README's scorecard), psola or alignsts (the neural "
+    "engine: an imported model, else the bundled voice)."
+)]
 Model = Annotated[
     Optional[str], typer.Option(help="AlignSTS voice model: a folder with acoustic/ and vocoder/, or an imported name.")
 ]
@@ -199,8 +202,6 @@ def convert(
     )
     if plot is not None:
         print(f"wrote {plot}")
-    if converter.notice:
-        print(converter.notice, file=sys.stderr)
 
 
 @app.command()
@@ -260,8 +261,6 @@ def batch(
         outcomes = run_jobs(converter, jobs, overwrite=overwrite, progress=show, melody_options=options,
                             vibrato=vibrato, seed=seed)
     _batch_table(folder, output_dir, outcomes)
-    if converter.notice:
-        print(converter.notice, file=sys.stderr)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(EXIT_USER_ERROR)
 
@@ -376,7 +375,7 @@ def download_weights(
 @friendly
 def import_checkpoint(
     source: Annotated[Path, typer.Argument(help="The authors' archive (.zip/.tar), its extracted folder, or a .ckpt.")],
-    name: Annotated[str, typer.Option(help="Name to import it under ('official' is what --engine auto uses).")] = "official",
+    name: Annotated[str, typer.Option(help="Name to import it under ('official' is what --engine alignsts uses).")] = "official",
     vocoder: Annotated[Optional[Path], typer.Option(help="The NSF-HiFiGAN .ckpt or folder, if not in SOURCE.")] = None,
     overwrite: Overwrite = False,
 ):
@@ -545,8 +544,9 @@ def evaluate(
     ] = None,
     system: Annotated[
         Optional[list[str]],
-        typer.Option("--system", "-s", help="ground-truth[:VOCODER], psola, or alignsts[-LABEL]:VOICE; repeat for "
-                     "several side by side [default: ground-truth and psola]."),
+        typer.Option("--system", "-s", help="ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE] (no VOICE: the one "
+                     "--engine alignsts uses); repeat for several side by side [default: ground-truth and psola on "
+                     "a cache, psola and alignsts on a speech,melody manifest]."),
     ] = None,
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Where outputs (SYSTEM/ID.wav), report.json and report.md go.")
@@ -561,7 +561,9 @@ def evaluate(
     ] = None,
     speech: Annotated[Optional[Path], typer.Option(help="Input speech of the same names, for speaker similarity.")] = None,
     pairs: Annotated[
-        Optional[Path], typer.Option(help="Instead of a cache: a CSV of reference,output[,speech[,system]] rows.")
+        Optional[Path], typer.Option(help="Instead of a cache: a CSV of speech,melody[,transcript,...] (header "
+                                     "row required) to convert with --system's and score without a sung reference, "
+                                     "or of reference,output[,speech[,system]] rows of outputs made elsewhere.")
     ] = None,
     profile: Annotated[
         str, typer.Option(help="Audio profile (rate and mel) the metrics use with --references/--pairs.")
@@ -572,9 +574,11 @@ def evaluate(
     seed: Seed = None,
     overwrite: Overwrite = False,
 ):
-    """Score systems with LSD, RCA, RRD and speaker similarity; write report.json and report.md.
+    """Score systems side by side; write report.json and report.md.
 
-    alignsts evaluate CACHE -s ground-truth -s psola -s alignsts:VOICE  |  alignsts evaluate --references REFS --outputs OUTS
+    alignsts evaluate --pairs devset-pairs.csv -s psola -s alignsts  (real speech: melody, voice, words, quality)
+    | alignsts evaluate CACHE -s ground-truth -s psola -s alignsts:VOICE  (LSD, RCA, RRD, speaker similarity)
+    | alignsts evaluate --references REFS --outputs OUTS
     """
     from alignsts_cli.runtime import check_precision, set_threads
     from alignsts_cli.training import evaluate as ev
@@ -585,9 +589,26 @@ def evaluate(
     if cache is not None and by_files:
         raise AlignSTSError("give either a prepared cache or --references/--outputs/--pairs, not both")
     if cache is None and not by_files:
-        raise AlignSTSError("give a prepared cache (alignsts evaluate CACHE), or --references with --outputs, or --pairs")
+        raise AlignSTSError("give a prepared cache (alignsts evaluate CACHE), --pairs, or --references with --outputs")
+    if pairs is not None and references is None and not outputs:
+        from alignsts_cli.training import scorecard
+
+        if scorecard.is_speech_manifest(pairs):
+            found = scorecard.read_speech_pairs(pairs)
+            with _stages("scoring", 36) as show:
+                report = scorecard.evaluate_speech(
+                    found, system or ("psola", "alignsts"), output_dir, device=device, precision=precision,
+                    seed=0 if seed is None else seed, overwrite=overwrite, progress=show)
+            _report_table(report, output_dir)
+            choice = scorecard.choose(report)
+            if choice is not None:
+                _console().print(f"best by the scorecard: {choice['system']} ({choice['why']})")
+            if report.failures:
+                raise typer.Exit(EXIT_USER_ERROR)
+            return
     if by_files and system:
-        raise AlignSTSError("--system runs systems on a cache; with --references/--pairs the outputs are already made")
+        raise AlignSTSError("--system runs systems on a cache or a speech,melody --pairs manifest; "
+                            "with --references or reference,output pairs the outputs are already made")
     if not by_files:
         found = None
     elif pairs is not None:
@@ -614,12 +635,16 @@ def _report_table(report, output_dir: Path) -> None:
     from rich.table import Table
 
     rows = report.table()
-    table = Table(title=f"alignsts evaluate: {report.settings.get('source', '')} ({report.settings['sample_rate']} Hz)")
+    rate = report.settings.get("sample_rate")
+    table = Table(title=f"alignsts evaluate: {report.settings.get('source', '')}"
+                        + (f" ({rate} Hz)" if isinstance(rate, int) else ""))
     for k, col in enumerate(rows[0]):
         table.add_column(col, justify="left" if k == 0 else "right")
     for row in rows[1:]:
         table.add_row(*row)
     out = _console()
+    if not out.is_terminal:
+        out.width = max(out.width, 150)  # a log or a pipe: keep the scorecard's rows on one line
     out.print(table)
     for f in report.failures[:10]:
         print(f"failed: {f['system']} / {f['id']}: {f['error']}", file=sys.stderr)

