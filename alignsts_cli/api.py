@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from alignsts_cli.errors import AlignSTSError, WeightsMissing
+from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.melody import HOP, Melody, hz_to_midi, midi_to_hz
 from alignsts_cli.runtime import check_device, check_precision, set_threads
 from alignsts_cli.voices import import_checkpoint
@@ -23,6 +23,10 @@ __all__ = ["Converter", "ConversionResult", "F0Result", "MelodyOptions", "conver
            "import_checkpoint", "prepare_for_voice", "resolve_engine"]
 
 ENGINES = ("auto", "psola", "alignsts")
+#: What ``--engine auto`` runs: the engine that scored best on the real-speech development set, words and
+#: voice first (``alignsts evaluate --pairs benchmarks/devset-pairs.csv``; the table is in the README).
+#: Change it only with a scorecard that says so.
+AUTO_ENGINE = "psola"
 #: Largest distance (semitones) between the melody's median and the speaking voice's.
 MAX_RANGE_GAP = 24.0
 
@@ -54,29 +58,22 @@ class ConversionResult:
     info: dict = field(default_factory=dict)
 
 
-def resolve_engine(engine: str, model: str | os.PathLike | None = None, cache_dir=None) -> tuple[str, str | None]:
-    """(engine that will run, notice for the user or None) for ``--engine``.
+def resolve_engine(engine: str, model: str | os.PathLike | None = None, cache_dir=None) -> str:
+    """The engine that will run for ``--engine``.
 
-    ``auto`` is the neural engine when its weights are present, else psola (with a notice).
-    ``alignsts`` without weights is an error that names the command to run.
+    ``auto`` is :data:`AUTO_ENGINE`, the engine that scores best on real speech, unless a voice
+    ``model`` is given (then the neural engine, which is what a model is for). ``alignsts`` without
+    weights is an error that names the command to run.
     """
     if engine not in ENGINES:
         raise AlignSTSError(f"--engine {engine}: use one of {', '.join(ENGINES)}")
-    if engine == "psola":
-        return "psola", None
-    from alignsts_cli.voices import locate
-
+    if engine == "auto":
+        engine = "alignsts" if model is not None else AUTO_ENGINE
     if engine == "alignsts":
+        from alignsts_cli.voices import locate
+
         locate(model, cache_dir=cache_dir)
-        return "alignsts", None
-    try:
-        locate(model, cache_dir=cache_dir)
-        return "alignsts", None
-    except AlignSTSError as exc:
-        if model is not None:
-            raise
-        reason = exc.problem if isinstance(exc, WeightsMissing) else str(exc)
-        return "psola", f"note: using the psola engine ({reason})"
+    return engine
 
 
 def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: float) -> Melody:
@@ -103,7 +100,7 @@ def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: 
 class Converter:
     """Engines loaded once, for one conversion or a whole batch.
 
-    ``engine``: auto | psola | alignsts; ``model``: a voice-model folder for the neural engine
+    ``engine``: auto (= :data:`AUTO_ENGINE`) | psola | alignsts; ``model``: a voice-model folder for the neural engine
     (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda; ``precision``: auto
     (bfloat16 vocoder on CPUs that compute it natively) | float32; ``threads``: torch CPU threads
     (default: torch's choice, one per physical core).
@@ -114,7 +111,7 @@ class Converter:
         check_device(device)
         check_precision(precision)
         set_threads(threads)
-        self.engine, self.notice = resolve_engine(engine, model, cache_dir)
+        self.engine = resolve_engine(engine, model, cache_dir)
         self._model, self._device, self._cache_dir = model, device, cache_dir
         self._precision = precision
         self._neural = None
@@ -312,7 +309,7 @@ def convert(
     (WAV or FLAC by extension) is written atomically; inputs are never overwritten,
     an existing output only with ``overwrite``. ``plot``: a PNG (psola: the target
     melody against the sung F0; AlignSTS: mel, target F0 and attention). ``engine``:
-    auto (AlignSTS when its weights are installed, else psola), psola or alignsts;
+    auto (:data:`AUTO_ENGINE`: psola, the best on real speech), psola or alignsts;
     ``device``, ``precision`` and ``seed`` apply to the neural engine (psola is deterministic).
     For many files, build one ``Converter`` and call its ``convert``.
     """

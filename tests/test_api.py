@@ -13,11 +13,13 @@ def no_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNSTS_HOME", str(tmp_path / "home"))
 
 
-def test_auto_falls_back_to_psola_and_says_why(no_weights):
-    engine, notice = api.resolve_engine("auto")
-    assert engine == "psola"
-    assert notice.startswith("note: using the psola engine (no AlignSTS weights are installed")
-    assert "--engine psola" not in notice  # the alternative is what just happened, so it is not offered
+def test_auto_is_the_engine_the_real_speech_scorecard_chose(tmp_path, no_weights):
+    """--engine auto runs psola (the README's scorecard), with or without neural weights; a --model means
+    the neural engine, since that is what a model is for."""
+    assert api.AUTO_ENGINE == "psola"
+    assert api.resolve_engine("auto") == "psola"
+    with pytest.raises(AlignSTSError):
+        api.resolve_engine("auto", model=tmp_path / "no-such-voice")
 
 
 def test_asking_for_alignsts_without_weights_names_the_fix(no_weights):

@@ -36,14 +36,41 @@ def test_help_and_version():
     assert run("--version").stdout.startswith("alignsts ")
 
 
+def _readme_first_convert() -> list[str]:
+    """The `alignsts convert ...` of the README's first command (the quick start's first bash block)."""
+    import re
+    import shlex
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    command = next(part for part in block.split("&&") if part.strip().startswith("alignsts convert"))
+    return shlex.split(command)[2:]  # what follows `alignsts convert`
+
+
+def test_readme_first_command_sings_with_the_engine_the_scorecard_chose(tmp_path):
+    """The README's first command, as written (run from the repository root): psola, the scorecard's choice."""
+    args = _readme_first_convert()
+    assert "--engine" not in args and "sung.wav" in args
+    env = {k: v for k, v in os.environ.items() if k not in ("ALIGNSTS_DEBUG", "ALIGNSTS_WEIGHTS_LOCK")}
+    args = [str(tmp_path / "sung.wav") if a == "sung.wav" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "convert", *args], capture_output=True, text=True,
+                          cwd=EXAMPLES.parent, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "psola engine" in proc.stdout and not proc.stderr, proc.stdout + proc.stderr
+    x, sr = sf.read(tmp_path / "sung.wav")
+    assert sr == sf.info(SPEECH).samplerate  # psola sings at the speech's own rate
+    assert abs(len(x) / sr - mido.MidiFile(MELODY).length) < 0.05 * mido.MidiFile(MELODY).length
+
+
 def test_convert_bundled_example(tmp_path):
-    """The README's first command: the bundled AlignSTS voice sings, offline, with no weights downloaded."""
+    """--engine alignsts reaches the bundled AlignSTS voice, offline, with no weights downloaded."""
     out, png = tmp_path / "sung.wav", tmp_path / "sung.png"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "no-hf"), ALIGNSTS_HOME=str(tmp_path / "home"))
     env.pop("ALIGNSTS_WEIGHTS_LOCK", None)
     env.pop("ALIGNSTS_DEBUG", None)
     proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "convert", str(SPEECH), "--melody", str(MELODY),
-                           "-o", str(out), "--plot", str(png)], capture_output=True, text=True, env=env, timeout=300)
+                           "-o", str(out), "--plot", str(png), "--engine", "alignsts"],
+                          capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "AlignSTS engine" in proc.stdout and "(bundled)" in proc.stdout and not proc.stderr, proc.stdout + proc.stderr
     x, sr = sf.read(out)
@@ -54,9 +81,10 @@ def test_convert_bundled_example(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second run refuses to overwrite, then replaces with --overwrite.
     before = out.read_bytes()
-    assert "already exists" in one_line_error(run("convert", SPEECH, "-m", MELODY, "-o", out))
+    assert "already exists" in one_line_error(run("convert", SPEECH, "-m", MELODY, "-o", out, "--engine", "alignsts"))
     assert out.read_bytes() == before
-    assert run("convert", SPEECH, "-m", MELODY, "-o", out, "--overwrite", "--transpose", "2").returncode == 0
+    assert run("convert", SPEECH, "-m", MELODY, "-o", out, "--overwrite", "--transpose", "2",
+               "--engine", "alignsts").returncode == 0
     assert out.read_bytes() != before
 
 

@@ -79,11 +79,11 @@ def test_download_then_convert_and_batch(published, tmp_path):
     melody = write_midi(tmp_path / "m.mid", [(0, 1, 48), (1, 1, 50), (2, 2, 52)])  # 2 s at 120 bpm
     out = tmp_path / "out.wav"
 
-    # Before any download: the neural engine says what to run; auto falls back to psola with a notice.
+    # Before any download: the neural engine says what to run; auto is psola, which needs no weights.
     proc = run(env, "convert", SPEECH, "-m", melody, "-o", out, "--engine", "alignsts")
     assert proc.returncode == 1 and "alignsts download-weights" in proc.stderr and not out.exists()
     proc = run(env, "convert", SPEECH, "-m", melody, "-o", out)
-    assert proc.returncode == 0 and "psola engine" in proc.stdout and "note: using the psola engine" in proc.stderr
+    assert proc.returncode == 0 and "psola engine" in proc.stdout and not proc.stderr
     out.unlink()
 
     proc = run(env, "download-weights")
@@ -100,7 +100,8 @@ def test_download_then_convert_and_batch(published, tmp_path):
     # Offline, from the cache only: the Hub is not asked (its counters do not move).
     before = sum(hub.downloads.values())
     env_off = dict(env, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
-    proc = run(env_off, "convert", SPEECH, "-m", melody, "-o", out, "--device", "cpu", "--plot", tmp_path / "p.png")
+    proc = run(env_off, "convert", SPEECH, "-m", melody, "-o", out, "--engine", "alignsts", "--device", "cpu",
+               "--plot", tmp_path / "p.png")
     assert proc.returncode == 0, proc.stderr
     assert "AlignSTS engine" in proc.stderr + proc.stdout
     x, sr = sf.read(out)
@@ -111,8 +112,8 @@ def test_download_then_convert_and_batch(published, tmp_path):
 
     # Same seed, same song; another seed, another song.
     out2, out3 = tmp_path / "again.wav", tmp_path / "seed7.wav"
-    assert run(env_off, "convert", SPEECH, "-m", melody, "-o", out2).returncode == 0
-    assert run(env_off, "convert", SPEECH, "-m", melody, "-o", out3, "--seed", "7").returncode == 0
+    assert run(env_off, "convert", SPEECH, "-m", melody, "-o", out2, "--engine", "alignsts").returncode == 0
+    assert run(env_off, "convert", SPEECH, "-m", melody, "-o", out3, "--seed", "7", "--engine", "alignsts").returncode == 0
     assert np.array_equal(sf.read(out2)[0], x)
     assert not np.array_equal(sf.read(out3)[0], x)
 
@@ -122,7 +123,7 @@ def test_download_then_convert_and_batch(published, tmp_path):
     for stem, notes in (("a", [(0, 2, 48)]), ("b", [(0, 1, 50), (1, 3, 53)])):
         (folder / f"{stem}.wav").write_bytes(SPEECH.read_bytes())
         write_midi(folder / f"{stem}.mid", notes)
-    proc = run(env_off, "batch", folder, "-o", tmp_path / "sung")
+    proc = run(env_off, "batch", folder, "-o", tmp_path / "sung", "--engine", "alignsts")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for stem, seconds in (("a", 1.0), ("b", 2.0)):
         y, sr = sf.read(tmp_path / "sung" / f"{stem}.wav")
@@ -162,7 +163,7 @@ def test_import_official_archive_then_convert(published, tmp_path):
     assert run(env, "download-weights").returncode == 0  # the wav2vec2 content model
     melody = write_midi(tmp_path / "m.mid", [(0, 1, 50), (1, 1, 53)])
     out = tmp_path / "official.wav"
-    proc = run(env, "convert", SPEECH, "-m", melody, "-o", out)
+    proc = run(env, "convert", SPEECH, "-m", melody, "-o", out, "--engine", "alignsts")
     assert proc.returncode == 0, proc.stderr
     assert "imported" in proc.stdout and "note:" not in proc.stderr
     x, sr = sf.read(out)
