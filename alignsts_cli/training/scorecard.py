@@ -268,7 +268,7 @@ class SpeechReport:
         words_n = max((m[n]["words_items"] for n in self.names if n != STRANGERS), default=0)
         lines += ["", f"{s.get('items', '?')} pairs of {s.get('speech_files', '?')} recordings. Melody (pitch and chroma "
                       "accuracy at 50 cents, voiced cover) over the melody's voiced frames less 40 ms at each note "
-                      "edge; |dur|: output length against the melody's end. Voice: Resemblyzer cosine with the "
+                      "edge; |dur|: output length against the melody's. Voice: Resemblyzer cosine with the "
                       f"input speech. Words, on the {words_n} pairs with an English transcript (pocketsphinx): word "
                       "and phone error rates against the transcript, and closed: the share where the transcript is "
                       f"the nearest of {s.get('closed_set_size', '?')} sentences to the phones heard. DNSMOS: P.835 "

@@ -1,6 +1,8 @@
 """`evaluate`: several systems side by side on a tiny prepared cache, and folders of outputs."""
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -176,6 +178,11 @@ def test_evaluate_pairs_of_identical_files_is_perfect(tmp_path):
         assert row["speaker_similarity"] is None
         assert rep.means()[rep.systems[0]]["speaker_similarity"] is None
         assert "| - |" in rep.markdown()
+    # From the command line, a reference,output CSV is still the --pairs of outputs made elsewhere.
+    proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "evaluate", "--pairs", str(tmp_path / "pairs.csv"),
+                           "-o", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "LSD" in proc.stdout and (tmp_path / "cli" / "report.json").exists()
 
 
 def test_default_ground_truth_vocoder_is_the_pretrained_16k_one(tmp_path):
