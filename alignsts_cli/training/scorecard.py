@@ -463,6 +463,10 @@ def evaluate_speech(
             raise AlignSTSError(f"--system {s.name}: the name is taken; label it, e.g. alignsts-mine:VOICE")
     if not pairs:
         raise AlignSTSError("no pairs to evaluate")
+    missing = sorted({str(f) for p in pairs for f in (p.speech, p.melody) if not Path(f).is_file()})
+    if missing:
+        raise AlignSTSError(f"{missing[0]}: no such file ({len(missing)} of the manifest's files are missing); "
+                            "fix the paths, which are relative to the manifest, before a long run")
     out = _check_out(Path(out), names + [CONTROL, "plots"], overwrite)
     step = progress or (lambda stage, frac: None)
     step("loading the judges", 0.0)

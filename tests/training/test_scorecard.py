@@ -143,3 +143,7 @@ def test_evaluate_pairs_mistakes_are_one_line(tmp_path, scored):
     assert proc.returncode == 1 and "no sung reference" in proc.stderr and len(proc.stderr.splitlines()) == 1
     proc = run("--pairs", pairs, "-o", out)  # an earlier scorecard is kept unless --overwrite
     assert proc.returncode == 1 and "--overwrite" in proc.stderr
+    broken = tmp_path / "broken.csv"
+    broken.write_text(pairs.read_text().replace("one.wav", "gone.wav").replace("low.mid", str(out.parent / "low.mid")))
+    proc = run("--pairs", broken, "-o", tmp_path / "r2")  # found before any work, not after an hour
+    assert proc.returncode == 1 and "gone.wav: no such file" in proc.stderr and not (tmp_path / "r2").exists()
