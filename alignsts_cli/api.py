@@ -20,7 +20,7 @@ from alignsts_cli.runtime import check_device, check_precision, set_threads
 from alignsts_cli.voices import import_checkpoint
 
 __all__ = ["Converter", "ConversionResult", "F0Result", "MelodyOptions", "convert", "extract_f0_file",
-           "import_checkpoint", "prepare_for_voice", "resolve_engine"]
+           "import_checkpoint", "inspect_melody", "prepare_for_voice", "resolve_engine"]
 
 ENGINES = ("auto", "psola", "alignsts")
 #: What ``--engine auto`` runs: the engine that scored best on the real-speech development set, words and
@@ -379,3 +379,49 @@ def extract_f0_file(
 
         result.plot = plot_f0(plot, audio, sr, f0, hop, notes, name=ref.name, overwrite=overwrite, inputs=inputs)
     return result
+
+
+def note_name(pitch: float) -> str:
+    """MIDI note number -> name with octave (60 -> C4)."""
+    k = int(round(pitch))
+    return ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")[k % 12] + str(k // 12 - 1)
+
+
+def inspect_melody(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """The parts of a MIDI file as ``convert`` sees them, best first: (rows, notes).
+
+    Each row: ``track``, ``channel`` (1-16), ``name``, ``program`` (General MIDI, 0-127, or None),
+    ``family``, ``notes``, ``polyphony`` (share of time with chords), ``low`` / ``high`` (note names),
+    ``seconds``, ``lyrics``, ``score``, ``reasons`` and ``default`` (the part convert sings).
+    ``notes``: lines about what is left out (drum tracks) and whether the default is a close call.
+    """
+    from alignsts_cli.melody import DRUM_CHANNEL, melody_kind, read_midi_tracks
+    from alignsts_cli.tracks import CLOSE_CALL, GM_FAMILIES, choose, polyphony
+
+    if melody_kind(path) != "midi":
+        raise AlignSTSError(f"{path}: inspect reads MIDI files (.mid, .midi, .kar); this is not one")
+    tracks = read_midi_tracks(path)
+    programs: dict[int, int] = {}
+    for t in tracks:
+        for ch, prog in t.programs.items():
+            programs.setdefault(ch, prog)
+    parts = [part for t in tracks for part in t.parts(programs)]
+    notes = [f"track {t.index} '{t.name or 'unnamed'}': {t.drum_notes} drum notes (channel {DRUM_CHANNEL + 1}), "
+             "never sung" for t in tracks if t.drum_notes]
+    if not parts:
+        return [], notes + ["no track has melodic notes"]
+    chosen, uncertain, ranked = choose(parts)
+    if uncertain:
+        notes.append(f"the default is a close call (within {CLOSE_CALL:g} points): pick with --track/--channel")
+    rows = []
+    for part in ranked:
+        pitches = part.pitches
+        rows.append({
+            "track": part.index, "channel": part.channel + 1, "name": part.name, "program": part.program,
+            "family": GM_FAMILIES[part.program // 8] if part.program is not None else "",
+            "notes": len(part.notes), "polyphony": polyphony(part.notes),
+            "low": note_name(pitches.min()), "high": note_name(pitches.max()),
+            "seconds": max(n.end for n in part.notes), "lyrics": part.lyrics, "score": part.score,
+            "reasons": part.reasons, "default": part is chosen,
+        })
+    return rows, notes

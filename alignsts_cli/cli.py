@@ -193,6 +193,8 @@ def convert(
             progress=show,
         )
     info = result.info
+    for notice in info.get("notices", []):
+        print(notice, file=sys.stderr)
     extra = ""
     if info.get("auto_key_octaves"):
         extra = f"; melody moved {info['auto_key_octaves']:+d} octave(s) by --auto-key"
@@ -282,6 +284,38 @@ def _batch_table(folder: Path, output_dir: Path, outcomes) -> None:
     out.print(table)
     counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} converted, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {output_dir}")
+
+
+@app.command()
+@friendly
+def inspect(
+    melody: Annotated[Path, typer.Argument(help="A MIDI file (.mid, .midi, .kar).")],
+):
+    """List the tracks and channels of a MIDI file, and which one convert sings by default."""
+    from rich.table import Table
+
+    from alignsts_cli import api
+
+    rows, notes = api.inspect_melody(melody)
+    table = Table(title=f"alignsts inspect: {melody}")
+    for col in ("track", "ch", "name", "program", "notes", "chords", "range", "ends at s", "lyrics", "score",
+                "default"):
+        table.add_column(col, justify="right" if col in ("track", "ch", "notes", "chords", "ends at s", "score") else "left")
+    for r in rows:
+        program = f"{r['program']} {r['family']}" if r["program"] is not None else "-"
+        table.add_row(str(r["track"]), str(r["channel"]), r["name"] or "-", program, str(r["notes"]),
+                      f"{r['polyphony']:.0%}", f"{r['low']}-{r['high']}", f"{r['seconds']:.1f}",
+                      "yes" if r["lyrics"] else "", f"{r['score']:+.1f}", "<- sung" if r["default"] else "")
+    out = _console()
+    if not out.is_terminal:
+        out.width = max(out.width, 120)
+    out.print(table)
+    for line in notes:
+        out.print(line)
+    if rows:
+        best = rows[0]
+        out.print(f"convert sings track {best['track']} channel {best['channel']} ({', '.join(best['reasons']) or 'the only part'}); "
+                  "--track N --channel C picks another")
 
 
 @app.command("extract-f0")

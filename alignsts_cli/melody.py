@@ -121,6 +121,18 @@ class MidiTrack:
     drum_notes: int
     has_lyrics: bool
     bends: dict  # channel -> list of (seconds, semitones)
+    programs: dict = field(default_factory=dict)  # channel -> General MIDI program (the first set)
+
+    def parts(self, fallback_programs: dict | None = None) -> list:
+        """One ``tracks.Part`` per channel this track plays on (drums excluded)."""
+        from alignsts_cli.tracks import Part
+
+        fallback = fallback_programs or {}
+        out = []
+        for ch in sorted({n.channel for n in self.notes}):
+            out.append(Part(self.index, ch, self.name, self.programs.get(ch, fallback.get(ch)),
+                            [n for n in self.notes if n.channel == ch], self.has_lyrics))
+        return out
 
 
 def _tempo_map(mid, track_indices) -> list[tuple[int, int]]:
@@ -179,6 +191,7 @@ def read_midi_tracks(path: str | os.PathLike) -> list[MidiTrack]:
         open_notes: dict[tuple[int, int], list[int]] = {}
         spans: list[tuple[int, int, int, int]] = []  # start tick, end tick, note, channel
         bends: dict[int, list[tuple[float, float]]] = {}
+        programs: dict[int, int] = {}
         lyrics = False
         for msg in trk:
             tick += msg.time
@@ -186,6 +199,8 @@ def read_midi_tracks(path: str | os.PathLike) -> list[MidiTrack]:
                 name = msg.name.strip()
             elif msg.type == "lyrics":
                 lyrics = True
+            elif msg.type == "program_change":
+                programs.setdefault(msg.channel, msg.program)
             elif msg.type == "note_on" and msg.velocity > 0:
                 open_notes.setdefault((msg.channel, msg.note), []).append(tick)
             elif msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0):
@@ -200,11 +215,8 @@ def read_midi_tracks(path: str | os.PathLike) -> list[MidiTrack]:
             Note(sec(a), sec(b), float(n), ch) for a, b, n, ch in sorted(spans) if ch != DRUM_CHANNEL and b > a
         ]
         drums = sum(1 for s in spans if s[3] == DRUM_CHANNEL)
-        tracks.append(MidiTrack(i, name, notes, drums, lyrics, bends))
+        tracks.append(MidiTrack(i, name, notes, drums, lyrics, bends, programs))
     return tracks
-
-
-_MELODY_NAMES = re.compile(r"melod|vocal|voice|vox|lead|sing|solo|lyric|tune", re.IGNORECASE)
 
 
 def describe_tracks(tracks: list[MidiTrack]) -> str:
@@ -255,10 +267,11 @@ def load_midi(
 ) -> Melody:
     """A melody from a MIDI file.
 
-    ``track``: index (0-based, file order) or part of a track name; default: the
-    track a user would mean (lyrics, then a melody-like name, then the most notes
-    once chords are reduced to their top line). ``channel``: 1-16. Drums (channel
-    10) are ignored, overlapping notes are reduced to their top line, rests are unvoiced.
+    ``track``: index (0-based, file order) or part of a track name; ``channel``: 1-16; by default
+    the part (a track on one channel) a user would mean (``tracks.choose``: lyrics, names, programs,
+    a single line above the bass; a choir's top voice), and ``info["notices"]`` says so when that
+    was a close call. Drums (channel 10) are ignored, overlapping notes are reduced to their top
+    line, rests are unvoiced.
     """
     p = Path(path).expanduser()
     tracks = read_midi_tracks(p)
@@ -267,34 +280,39 @@ def load_midi(
     if channel is not None and channel - 1 == DRUM_CHANNEL:
         raise AlignSTSError("--channel 10 is the drum channel, which has no melody; choose another channel")
 
-    def notes_of(t: MidiTrack) -> list[Note]:
-        return [n for n in t.notes if channel is None or n.channel == channel - 1]
-
     if track is not None:
-        chosen = _find_track(tracks, track, p)
+        pool = [_find_track(tracks, track, p)]
     else:
-        candidates = [t for t in tracks if notes_of(t)]
-        if channel is not None and not candidates:
-            raise AlignSTSError(
-                f"{p}: no notes on channel {channel}; tracks with notes: {describe_tracks(tracks)}"
-            )
-        if not candidates:
-            if any(t.drum_notes for t in tracks):
-                raise AlignSTSError(f"{p}: the file has only drum notes (channel 10); give a MIDI file with a melody")
-            raise AlignSTSError(f"{p}: the MIDI file has no notes; give a file with a melody")
-        # One track is the normal case; with several, take the one a user would mean.
-        chosen = max(
-            candidates,
-            key=lambda t: (t.has_lyrics, bool(_MELODY_NAMES.search(t.name)), len(skyline(notes_of(t)))),
-        )
-    notes = skyline(notes_of(chosen))
-    if not notes:
-        where = f"track {chosen.index} '{chosen.name or 'unnamed'}'" + (f" on channel {channel}" if channel else "")
-        if chosen.drum_notes and not chosen.notes:
-            raise AlignSTSError(f"{p}: {where} has only drum notes (channel 10); tracks with notes: {describe_tracks(tracks)}")
-        raise AlignSTSError(f"{p}: {where} has no notes; tracks with notes: {describe_tracks(tracks)}")
-    f0 = render_notes(notes, hop, bends=chosen.bends if pitch_bend else None)
-    info = {"track": chosen.index, "track_name": chosen.name, "notes": len(notes)}
+        pool = tracks
+    programs: dict[int, int] = {}
+    for t in tracks:  # a program set on another track (a conductor track, say) still names the channel
+        for ch, prog in t.programs.items():
+            programs.setdefault(ch, prog)
+    parts = [part for t in pool for part in t.parts(programs) if channel is None or part.channel == channel - 1]
+    if not parts:
+        if track is not None:
+            chosen = pool[0]
+            where = f"track {chosen.index} '{chosen.name or 'unnamed'}'" + (f" on channel {channel}" if channel else "")
+            if chosen.drum_notes and not chosen.notes:
+                raise AlignSTSError(f"{p}: {where} has only drum notes (channel 10); tracks with notes: {describe_tracks(tracks)}")
+            raise AlignSTSError(f"{p}: {where} has no notes; tracks with notes: {describe_tracks(tracks)}")
+        if channel is not None and any(t.notes for t in tracks):
+            raise AlignSTSError(f"{p}: no notes on channel {channel}; tracks with notes: {describe_tracks(tracks)}")
+        if any(t.drum_notes for t in tracks):
+            raise AlignSTSError(f"{p}: the file has only drum notes (channel 10); give a MIDI file with a melody")
+        raise AlignSTSError(f"{p}: the MIDI file has no notes; give a file with a melody")
+    from alignsts_cli.tracks import choose
+
+    chosen, uncertain, ranked = choose(parts)
+    notes = skyline(chosen.notes)
+    source = pool[0] if track is not None else next(t for t in tracks if t.index == chosen.index)
+    f0 = render_notes(notes, hop, bends=source.bends if pitch_bend else None)
+    info = {"track": chosen.index, "track_name": chosen.name, "channel": chosen.channel + 1, "notes": len(notes)}
+    if uncertain and track is None and channel is None:
+        info["notices"] = [
+            f"note: {p.name}: sang {chosen.label()} as the melody, a close call over {ranked[1].label()}; "
+            f"`alignsts inspect {p.name}` lists the tracks, --track/--channel picks another"
+        ]
     return Melody(f0=f0, notes=notes, source=str(p), hop=hop, info=info)
 
 
