@@ -45,7 +45,8 @@ class MelodyOptions:
     confidence: float = 0.5  # CSV frames below this confidence are unvoiced
     transpose: float = 0.0  # semitones
     tempo: float = 1.0  # 2.0 = twice as fast
-    auto_key: bool = False  # move by octaves into the speaker's range
+    auto_key: bool = False  # always move by octaves to the speaker's singing point
+    exact_octave: bool = False  # never move by octaves (by default a melody far from the voice is moved)
 
 
 @dataclass
@@ -77,14 +78,19 @@ def resolve_engine(engine: str, model: str | os.PathLike | None = None, cache_di
 
 
 def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: float) -> Melody:
-    """Apply tempo / transpose / auto-key and check the melody suits this voice."""
+    """Apply tempo, the octave (``melody.prepare_melody``: moved to this voice unless ``exact_octave``) and
+    transpose, and check the melody suits this voice."""
     from alignsts_cli.melody import prepare_melody
 
+    if options.auto_key and options.exact_octave:
+        raise AlignSTSError("--auto-key moves the melody by octaves and --exact-octave forbids it; give one of them")
     m = prepare_melody(
         melody,
         transpose=options.transpose,
         tempo=options.tempo,
         auto_key_hz=speech_median_hz if options.auto_key else None,
+        voice_hz=speech_median_hz,
+        exact_octave=options.exact_octave,
     )
     gap = m.median_midi() - float(hz_to_midi(speech_median_hz))
     if abs(gap) > MAX_RANGE_GAP:
@@ -92,7 +98,7 @@ def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: 
         raise AlignSTSError(
             f"{melody.source}: the melody sits {abs(gap):.0f} semitones {where} this voice (speech around "
             f"{speech_median_hz:.0f} Hz, melody around {float(midi_to_hz(m.median_midi())):.0f} Hz); "
-            "add --auto-key to move it by octaves, or --transpose"
+            "leave out --exact-octave (or add --auto-key) to sing it in this voice's octave, or use --transpose"
         )
     return m
 

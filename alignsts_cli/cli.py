@@ -125,7 +125,10 @@ PitchBend = Annotated[bool, typer.Option("--pitch-bend/--no-pitch-bend", help="A
 F0Units = Annotated[str, typer.Option("--f0-units", help="CSV F0 values: auto, hz or midi (note numbers).")]
 Confidence = Annotated[float, typer.Option(help="CSV frames below this confidence are unvoiced.")]
 Transpose = Annotated[float, typer.Option(help="Shift the melody by N semitones.")]
-AutoKey = Annotated[bool, typer.Option("--auto-key", help="Move the melody by octaves into the speaker's range.")]
+AutoKey = Annotated[bool, typer.Option("--auto-key", help="Always move the melody by octaves to sit 5 semitones above "
+                                       "the speaking voice (by default only a melody far from it is moved).")]
+ExactOctave = Annotated[bool, typer.Option("--exact-octave", help="Sing the melody in the octave it is written in "
+                                           "(by default a melody far from the voice is moved by octaves).")]
 Tempo = Annotated[float, typer.Option(help="Tempo factor: 2 = twice as fast, 0.5 = half speed.")]
 Vibrato = Annotated[float, typer.Option(help="Vibrato depth in cents (0 = none; 20-50 sounds natural).")]
 Engine = Annotated[str, typer.Option(
@@ -173,6 +176,7 @@ def convert(
     confidence: Confidence = 0.5,
     transpose: Transpose = 0.0,
     auto_key: AutoKey = False,
+    exact_octave: ExactOctave = False,
     tempo: Tempo = 1.0,
     vibrato: Vibrato = 0.0,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the melody against the sung F0 as a PNG.")] = None,
@@ -185,6 +189,7 @@ def convert(
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
+        exact_octave=exact_octave,
     )
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
     with _stages("loading", 22) as show:
@@ -232,6 +237,7 @@ def batch(
     confidence: Confidence = 0.5,
     transpose: Transpose = 0.0,
     auto_key: AutoKey = False,
+    exact_octave: ExactOctave = False,
     tempo: Tempo = 1.0,
     vibrato: Vibrato = 0.0,
     overwrite: Overwrite = False,
@@ -250,6 +256,7 @@ def batch(
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
+        exact_octave=exact_octave,
     )
     jobs = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
     if converter.engine == "alignsts":

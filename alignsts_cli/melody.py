@@ -645,29 +645,56 @@ def load_melody(
     return melody_from_audio(path)
 
 
+#: The singing point of a voice: this many semitones above its median speaking pitch.
+SINGING_ABOVE_SPEECH = 5.0
+#: A melody whose median is further than this from the singing point is moved by octaves (unless exact).
+OCTAVE_FIT = 9.0
+
+
 def prepare_melody(
     melody: Melody,
     *,
     transpose: float = 0.0,
     tempo: float = 1.0,
     auto_key_hz: float | None = None,
+    voice_hz: float | None = None,
+    exact_octave: bool = False,
 ) -> Melody:
-    """Apply ``--tempo``, ``--transpose`` and ``--auto-key``, then check the result.
+    """Apply ``--tempo``, the octave, then ``--transpose``, and check the result.
 
-    ``auto_key_hz``: the speaker's median speaking F0; the melody is then moved by
-    whole octaves so that its median sits closest to a comfortable singing pitch
-    for that voice (5 semitones above the speaking median).
+    The octave is chosen on the melody as written, for a voice whose median speaking F0 is
+    ``auto_key_hz`` or ``voice_hz``; its singing point is ``SINGING_ABOVE_SPEECH`` semitones above that:
+
+    - ``auto_key_hz`` (``--auto-key``): whole octaves to sit as near the singing point as it can;
+    - ``voice_hz`` (the default): the same move, only when the melody's median lies more than
+      ``OCTAVE_FIT`` semitones from the singing point (a female-range tune for a low male voice,
+      say), with a line in ``info["notices"]``; ``exact_octave`` keeps the melody as written.
+
+    The key is kept (whole octaves only), so the song still fits a backing track; ``transpose`` then
+    moves it by that many semitones.
     """
     if not (0.1 <= tempo <= 10.0):
         raise AlignSTSError(f"--tempo {tempo}: use a factor between 0.1 and 10 (2 = twice as fast)")
     if not np.any(melody.voiced) or not melody.notes:
         raise AlignSTSError(f"{melody.source}: the melody has no notes; give a melody with at least one note")
-    m = melody.stretched(tempo).transposed(transpose)
+    m = melody.stretched(tempo)
+    octaves = 0
+    speaking = auto_key_hz or (None if exact_octave else voice_hz)
+    if speaking:
+        point = float(hz_to_midi(speaking)) + SINGING_ABOVE_SPEECH
+        gap = m.median_midi() - point
+        if auto_key_hz or abs(gap) > OCTAVE_FIT:
+            octaves = int(round(-gap / 12.0))
+    m = m.transposed(12.0 * octaves + transpose)
     if auto_key_hz:
-        target = float(hz_to_midi(auto_key_hz)) + 5.0
-        octaves = round((target - m.median_midi()) / 12.0)
-        m = m.transposed(12.0 * octaves)
         m.info = {**m.info, "auto_key_octaves": octaves}
+    elif octaves:
+        name = Path(melody.source).name or "the melody"
+        where = "above" if octaves < 0 else "below"
+        m.info = {**m.info, "octave_shift": octaves, "notices": m.info.get("notices", []) + [
+            f"note: {name} sits {abs(gap):.0f} semitones {where} where this voice sings; singing it "
+            f"{abs(octaves)} octave{'s' if abs(octaves) > 1 else ''} {'lower' if octaves < 0 else 'higher'}, "
+            "in the same key (--exact-octave sings it as written)"]}
     if m.duration > MAX_MELODY_SECONDS:
         raise AlignSTSError(
             f"{melody.source}: the melody lasts {m.duration / 60:.1f} min, more than the {MAX_MELODY_SECONDS / 60:.0f} min "
@@ -675,10 +702,12 @@ def prepare_melody(
         )
     lo, hi = float(m.f0[m.voiced].min()), float(m.f0[m.voiced].max())
     if lo < MIN_F0_HZ or hi > MAX_F0_HZ:
-        shift = transpose + 12.0 * m.info.get("auto_key_octaves", 0)
+        shift = transpose + 12.0 * octaves
         raise AlignSTSError(
             f"{melody.source}: the melody spans {lo:.0f}-{hi:.0f} Hz after transposing by {shift:+g} semitones, outside "
-            f"the singable {MIN_F0_HZ:.0f}-{MAX_F0_HZ:.0f} Hz; use --transpose or --auto-key to move it"
+            f"the singable {MIN_F0_HZ:.0f}-{MAX_F0_HZ:.0f} Hz; "
+            + ("leave out --exact-octave to sing it in the voice's octave, or use --transpose" if exact_octave
+               else "use --transpose or --auto-key to move it")
         )
     return m
 

@@ -219,6 +219,43 @@ def test_transpose_tempo_auto_key(tmp_path):
     assert low.info["auto_key_octaves"] == -2 and low.notes[0].pitch == 48
 
 
+@pytest.mark.parametrize("voice_hz", [80.0, 120.0, 200.0, 300.0])
+@pytest.mark.parametrize("away", [-24, -12, 0, 12, 24])
+def test_the_singers_octave_by_default(tmp_path, voice_hz, away):
+    """A melody two octaves from the voice, either way, is sung in the voice's octave, same key; --exact-octave
+    keeps it as written."""
+    point = float(M.hz_to_midi(voice_hz)) + M.SINGING_ABOVE_SPEECH
+    base = int(round(point)) + away
+    mel = M.load_midi(write_midi(tmp_path / "m.mid", [(0, 1, base - 2), (1, 1, base), (2, 1, base + 3)]))
+    sung = M.prepare_melody(mel, voice_hz=voice_hz)
+    assert abs(sung.median_midi() - point) <= 6.5
+    shift = sung.notes[0].pitch - mel.notes[0].pitch
+    assert shift == -away and shift % 12 == 0  # whole octaves: the key is kept
+    assert ("notices" in sung.info) == (away != 0) and sung.info.get("octave_shift", 0) == -away // 12
+    if away:
+        assert "--exact-octave" in sung.info["notices"][0]
+    hz = M.midi_to_hz([n.pitch for n in mel.notes])
+    if hz.min() >= M.MIN_F0_HZ and hz.max() <= M.MAX_F0_HZ:
+        exact = M.prepare_melody(mel, voice_hz=voice_hz, exact_octave=True)
+        assert exact.notes[0].pitch == mel.notes[0].pitch and "notices" not in exact.info
+    else:  # as written, no voice sings it: refused, saying what to do
+        with pytest.raises(AlignSTSError, match="leave out --exact-octave"):
+            M.prepare_melody(mel, voice_hz=voice_hz, exact_octave=True)
+    # --transpose applies on top of the octave chosen for the melody as written.
+    assert M.prepare_melody(mel, voice_hz=voice_hz, transpose=2).notes[0].pitch == sung.notes[0].pitch + 2
+
+
+def test_a_melody_far_from_the_voice_is_refused_only_with_exact_octave(tmp_path):
+    from alignsts_cli import api
+
+    mel = M.load_midi(write_midi(tmp_path / "m.mid", [(0, 1, 80), (1, 1, 82)]))  # Ab5: 3 octaves above 100 Hz
+    assert api.prepare_for_voice(mel, api.MelodyOptions(), 100.0).notes[0].pitch == 44
+    with pytest.raises(AlignSTSError, match="leave out --exact-octave"):
+        api.prepare_for_voice(mel, api.MelodyOptions(exact_octave=True), 100.0)
+    with pytest.raises(AlignSTSError, match="give one of them"):
+        api.prepare_for_voice(mel, api.MelodyOptions(exact_octave=True, auto_key=True), 100.0)
+
+
 def test_range_and_length_checks(tmp_path):
     mel = M.load_midi(write_midi(tmp_path / "m.mid", [(0, 1, 60)]))
     with pytest.raises(AlignSTSError, match="outside the singable"):
