@@ -152,15 +152,18 @@ class Converter:
         plot: str | os.PathLike | None = None,
         overwrite: bool = False,
         progress: Progress | None = None,
+        plan: str | os.PathLike | None = None,
+        save_plan: str | os.PathLike | None = None,
     ) -> ConversionResult:
         """One conversion (see the module-level ``convert``)."""
         step = progress or (lambda stage, frac: None)
-        job = self._prepare(speech, melody, output, melody_options, plot, overwrite, step)
+        job = self._prepare(speech, melody, output, melody_options, plot, overwrite, step, plan, save_plan)
         if self.engine == "alignsts":
             self._time(job, "model loading", lambda: self.neural)
             step("singing (AlignSTS)", 0.2)
             res = self.neural.sing(job.audio, job.sr, job.target, job.analysis, seed=0 if seed is None else seed,
-                                   progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac))
+                                   progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac),
+                                   groups=job.groups)
             return self._finish(job, res, step)
         return self._finish(job, self._psola(job, vibrato, step), step)
 
@@ -213,8 +216,13 @@ class Converter:
         job.timings[stage] = job.timings.get(stage, 0.0) + time.perf_counter() - t0
         return out
 
-    def _prepare(self, speech, melody, output, melody_options, plot, overwrite, step) -> "_Job":
-        """Check the outputs, read and check the inputs, analyse the speech, shape the melody."""
+    def _prepare(self, speech, melody, output, melody_options, plot, overwrite, step, plan=None,
+                 save_plan=None) -> "_Job":
+        """Check the outputs, read and check the inputs, analyse the speech, shape the melody, make (or read)
+        the syllable-to-note plan."""
+        from dataclasses import replace
+
+        from alignsts_cli.analysis import assign_syllables
         from alignsts_cli.analysis import analyse_speech
         from alignsts_cli.audio import load_speech
         from alignsts_cli.files import check_output_path
@@ -225,6 +233,9 @@ class Converter:
         out = check_output_path(output, inputs=inputs, overwrite=overwrite, suffixes=(".wav", ".flac"))
         if plot is not None:
             check_output_path(plot, inputs=inputs + (out,), overwrite=overwrite, suffixes=(".png",))
+        if save_plan is not None:
+            check_output_path(save_plan, inputs=inputs + (out,) + ((plan,) if plan else ()), overwrite=overwrite,
+                              suffixes=(".json",))
         job = _Job(out=out, inputs=inputs, plot=plot, overwrite=overwrite)
         step("reading the melody", 0.0)
 
@@ -238,6 +249,18 @@ class Converter:
         step("analysing the speech", 0.1)
         job.analysis = self._time(job, "f0", lambda: analyse_speech(job.audio, job.sr))
         job.target = self._time(job, "f0", lambda: prepare_for_voice(raw, options, job.analysis.median_f0))
+        if plan is not None:
+            from alignsts_cli.plan import read_plan
+
+            sylls, job.groups = read_plan(plan, job.target.notes, len(job.audio) / job.sr)
+            job.analysis = replace(job.analysis, syllables=sylls)
+        else:
+            job.groups = assign_syllables(job.analysis.syllables, job.target.notes)
+        if save_plan is not None:
+            from alignsts_cli.plan import write_plan
+
+            write_plan(save_plan, job.analysis.syllables, job.target.notes, job.groups,
+                       speech=Path(speech).name, melody=Path(melody).name)
         return job
 
     def _psola(self, job: "_Job", vibrato: float, step):
@@ -246,7 +269,7 @@ class Converter:
         step("singing (psola)", 0.2)
         return self._time(job, "psola", lambda: psola.sing(
             job.audio, job.sr, job.target, psola.PsolaSettings(vibrato_cents=vibrato), analysis=job.analysis,
-            progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total)))
+            progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total), groups=job.groups))
 
     def _finish(self, job: "_Job", sung, step) -> ConversionResult:
         """Write the song (and the plot); ``sung`` is psola's (audio, info) or a NeuralResult."""
@@ -269,7 +292,8 @@ class Converter:
 
             if isinstance(sung, tuple):
                 self._time(job, "plot", lambda: plots.plot_conversion(
-                    job.plot, job.audio, job.sr, song, job.target, job.analysis, overwrite=job.overwrite))
+                    job.plot, job.audio, job.sr, song, job.target, job.analysis, overwrite=job.overwrite,
+                    groups=job.groups))
             else:
                 self._time(job, "plot", lambda: plots.plot_neural(job.plot, sung, self.neural.profile,
                                                                  overwrite=job.overwrite))
@@ -290,6 +314,7 @@ class _Job:
     sr: int = 0
     analysis: object = None
     target: Melody | None = None
+    groups: list | None = None  # the syllable-to-note plan: [(syllable indices, note indices)]
     timings: dict = field(default_factory=dict)
 
 
@@ -308,6 +333,8 @@ def convert(
     plot: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    plan: str | os.PathLike | None = None,
+    save_plan: str | os.PathLike | None = None,
 ) -> ConversionResult:
     """Sing the words of ``speech`` to ``melody`` and write the result to ``output``.
 
@@ -317,11 +344,13 @@ def convert(
     melody against the sung F0; AlignSTS: mel, target F0 and attention). ``engine``:
     auto (:data:`AUTO_ENGINE`: psola, the best on real speech), psola or alignsts;
     ``device``, ``precision`` and ``seed`` apply to the neural engine (psola is deterministic).
+    ``save_plan``: also write the syllable-to-note plan (JSON, :mod:`alignsts_cli.plan`); ``plan``: sing an
+    (edited) plan instead of the one made here.
     For many files, build one ``Converter`` and call its ``convert``.
     """
     return Converter(engine, model=model, device=device, precision=precision).convert(
         speech, melody, output, melody_options=melody_options, vibrato=vibrato, seed=seed, plot=plot,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, plan=plan, save_plan=save_plan,
     )
 
 
@@ -387,12 +416,6 @@ def extract_f0_file(
     return result
 
 
-def note_name(pitch: float) -> str:
-    """MIDI note number -> name with octave (60 -> C4)."""
-    k = int(round(pitch))
-    return ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")[k % 12] + str(k // 12 - 1)
-
-
 def inspect_melody(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """The parts of a MIDI file as ``convert`` sees them, best first: (rows, notes).
 
@@ -401,7 +424,7 @@ def inspect_melody(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     ``seconds``, ``lyrics``, ``score``, ``reasons`` and ``default`` (the part convert sings).
     ``notes``: lines about what is left out (drum tracks) and whether the default is a close call.
     """
-    from alignsts_cli.melody import DRUM_CHANNEL, melody_kind, read_midi_tracks
+    from alignsts_cli.melody import DRUM_CHANNEL, melody_kind, note_name, read_midi_tracks
     from alignsts_cli.tracks import CLOSE_CALL, GM_FAMILIES, choose, polyphony
 
     if melody_kind(path) != "midi":

@@ -180,6 +180,9 @@ def convert(
     tempo: Tempo = 1.0,
     vibrato: Vibrato = 0.0,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the melody against the sung F0 as a PNG.")] = None,
+    save_plan: Annotated[Optional[Path], typer.Option(
+        help="Also write the syllable-to-note plan (which syllables go on which notes) as JSON, to edit.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="Sing this (edited) syllable-to-note plan.")] = None,
     overwrite: Overwrite = False,
 ):
     """Sing SPEECH to a melody: alignsts convert speech.wav --melody song.mid -o out.wav"""
@@ -195,7 +198,7 @@ def convert(
     with _stages("loading", 22) as show:
         result = converter.convert(
             speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
-            progress=show,
+            progress=show, plan=plan, save_plan=save_plan,
         )
     info = result.info
     for notice in info.get("notices", []):
@@ -209,6 +212,8 @@ def convert(
     )
     if plot is not None:
         print(f"wrote {plot}")
+    if save_plan is not None:
+        print(f"wrote {save_plan} (edit it, then sing it with --plan {save_plan})")
 
 
 @app.command()

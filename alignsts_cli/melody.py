@@ -46,6 +46,12 @@ def hz_to_midi(f):
     return 69.0 + 12.0 * np.log2(np.asarray(f, dtype=np.float64) / 440.0)
 
 
+def note_name(pitch: float) -> str:
+    """MIDI note number -> name with octave (60 -> C4)."""
+    k = int(round(float(pitch)))
+    return ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")[k % 12] + str(k // 12 - 1)
+
+
 @dataclass
 class Note:
     start: float  # seconds

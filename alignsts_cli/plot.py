@@ -64,8 +64,9 @@ def plot_f0(path, audio, sr, f0, hop, notes, *, name="", overwrite=False, inputs
     return _save(plt, fig, out)
 
 
-def plot_conversion(path, speech, sr, song, melody, analysis, *, overwrite=False) -> Path:
-    """Two panels: the speech with its syllables; the song with the target melody and the sung F0."""
+def plot_conversion(path, speech, sr, song, melody, analysis, *, overwrite=False, groups=None) -> Path:
+    """Two panels: the speech with its numbered syllables; the song with the target melody, the sung F0 and
+    the syllable-to-note plan (``groups``: which syllables each run of notes sings)."""
     from alignsts_cli.melody import extract_f0
 
     out = check_output_path(path, suffixes=(".png",), overwrite=overwrite)
@@ -77,13 +78,20 @@ def plot_conversion(path, speech, sr, song, melody, analysis, *, overwrite=False
     for s in analysis.syllables:
         ax0.axvspan(s.core_start, s.core_end, color="white", alpha=0.15)
         ax0.axvline(s.start, color="white", lw=0.6, alpha=0.6)
-    ax0.set_title(f"speech: {len(analysis.syllables)} syllables (shaded: vowel cores)")
+    for k, s in enumerate(analysis.syllables):
+        ax0.text((s.start + s.end) / 2, 0.93 * fmax, str(k), color="white", ha="center", va="top", fontsize=8)
+    ax0.set_title(f"speech: {len(analysis.syllables)} syllables, numbered (shaded: vowel cores)")
     ax0.legend(loc="upper right")
     _spectrogram(ax1, song, sr, fmax)
     _contour(ax1, melody.f0, melody.hop, color="white", lw=4, alpha=0.5, label="target melody")
     sung, _ = extract_f0(song, sr)
     _contour(ax1, sung, 0.01, color="cyan", lw=1.2, label="sung F0")
-    ax1.set_title("song: target melody against the sung F0")
+    for gi, (s_idx, n_idx) in enumerate(groups or []):
+        a, b = melody.notes[n_idx[0]].start, melody.notes[n_idx[-1]].end
+        ax1.axvspan(a, b, color="white", alpha=0.08 if gi % 2 else 0.16)
+        label = str(s_idx[0]) if len(s_idx) == 1 else f"{s_idx[0]}-{s_idx[-1]}"
+        ax1.text((a + b) / 2, 0.93 * fmax, label, color="white", ha="center", va="top", fontsize=8)
+    ax1.set_title("song: target melody against the sung F0" + (", and which syllables each note sings" if groups else ""))
     ax1.set_xlabel("seconds")
     ax1.legend(loc="upper right")
     return _save(plt, fig, out)

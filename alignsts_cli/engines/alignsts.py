@@ -41,19 +41,23 @@ class Chunk:
     s1: float
 
 
-def plan_chunks(melody: Melody, syllables, speech_seconds: float, max_seconds: float = MAX_CHUNK_SECONDS) -> list[Chunk]:
+def plan_chunks(melody: Melody, syllables, speech_seconds: float, max_seconds: float = MAX_CHUNK_SECONDS,
+                groups=None) -> list[Chunk]:
     """Cut a long melody at rests, and the speech at the matching syllable boundaries.
 
     Each chunk pairs a stretch of melody (at most ``max_seconds`` where rests allow) with
-    the syllables the syllable-to-note assignment gives it.
+    the syllables the syllable-to-note plan gives it (``groups``, default ``assign_syllables``); a
+    plan that sings syllables out of speech order is cut only where all earlier syllables stay before.
     """
     if melody.duration <= max_seconds or len(syllables) < 2:
         return [Chunk(0.0, melody.duration, 0.0, speech_seconds)]
     notes = melody.notes
-    groups = assign_syllables(syllables, notes)
+    groups = groups if groups is not None else assign_syllables(syllables, notes)
     # Possible cuts after group g: (melody time, speech time, is it a rest?)
     cuts = []
     for g in range(len(groups) - 1):
+        if max(i for s, _ in groups[:g + 1] for i in s) >= min(i for s, _ in groups[g + 1:] for i in s):
+            continue  # the plan sings a later syllable before this cut: the speech cannot be cut here
         end_note, next_note = notes[groups[g][1][-1]], notes[groups[g + 1][1][0]]
         end_syl, next_syl = syllables[groups[g][0][-1]], syllables[groups[g + 1][0][0]]
         rest = next_note.start - end_note.end
@@ -158,12 +162,13 @@ class NeuralEngine:
         return max(1, int(math.ceil(seconds * self.profile.sample_rate / self.profile.hop_length)))
 
     def sing(self, audio: np.ndarray, sr: int, melody: Melody, analysis: SpeechAnalysis, *, seed: int = 0,
-             progress=None) -> NeuralResult:
-        """Sing ``[n]`` speech at ``sr`` to ``melody``; ``analysis`` is the speech's (:mod:`alignsts_cli.analysis`)."""
-        return self.sing_many([(audio, sr, melody, analysis, seed)], progress=progress)[0]
+             progress=None, groups=None) -> NeuralResult:
+        """Sing ``[n]`` speech at ``sr`` to ``melody``; ``analysis`` is the speech's (:mod:`alignsts_cli.analysis`);
+        ``groups``: a syllable-to-note plan, which places the chunk cuts (default: ``assign_syllables``)."""
+        return self.sing_many([(audio, sr, melody, analysis, seed, groups)], progress=progress)[0]
 
     def sing_many(self, jobs, progress=None) -> list[NeuralResult]:
-        """Several songs at once: ``jobs`` = [(audio, sr, melody, analysis, seed)]. On CUDA the chunks of all
+        """Several songs at once: ``jobs`` = [(audio, sr, melody, analysis, seed[, groups])]. On CUDA the chunks of all
         the songs share acoustic-model batches; every song gets what ``sing`` alone would give it."""
         import time
 
@@ -171,7 +176,7 @@ class NeuralEngine:
         timings = [{"content": 0.0, "speaker": 0.0, "acoustic": 0.0, "vocoder": 0.0} for _ in jobs]
         plans = []
         for j, job in enumerate(jobs):
-            plans.append(self._plan(*job, timings[j]))
+            plans.append(self._plan(*job, timings=timings[j]))
             step(0.1 * (j + 1) / len(jobs))
         items = [(j, k, item) for j, plan in enumerate(plans) for k, item in enumerate(plan.inputs)]
         outs: dict = {}
@@ -192,7 +197,7 @@ class NeuralEngine:
             step(0.7 + 0.3 * (j + 1) / len(plans))
         return results
 
-    def _plan(self, audio, sr, melody, analysis, seed, timings) -> SongPlan:
+    def _plan(self, audio, sr, melody, analysis, seed, groups=None, *, timings) -> SongPlan:
         """Chunks, speaker embedding, content features, target F0 and noise draws of one song."""
         import time
 
@@ -201,7 +206,7 @@ class NeuralEngine:
         torch = self.torch
         p = self.profile
         t0 = time.perf_counter()
-        chunks = plan_chunks(melody, analysis.syllables, len(audio) / sr)
+        chunks = plan_chunks(melody, analysis.syllables, len(audio) / sr, groups=groups)
         speaker = self.features.speaker(audio, sr)
         t1 = time.perf_counter()
         timings["speaker"] += t1 - t0

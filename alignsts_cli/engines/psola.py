@@ -87,27 +87,29 @@ def sing(
     settings: PsolaSettings | None = None,
     analysis: SpeechAnalysis | None = None,
     progress=None,
+    groups=None,
 ) -> tuple[np.ndarray, dict]:
     """Sing ``[n]`` speech audio to ``melody``; returns (audio ``[round(melody.duration·sr)]``, info).
 
-    ``analysis``: the speech's (made here when not given). ``progress(done, total)`` is called after
-    each syllable group when given. The same input gives the same output: Praat's overlap-add places
+    ``analysis``: the speech's (made here when not given). ``groups``: the syllable-to-note plan, a list
+    of (syllable indices, note indices) (default: ``analysis.assign_syllables``; an edited one from
+    :mod:`alignsts_cli.plan`). ``progress(done, total)`` is called after each syllable group when given. The same input gives the same output: Praat's overlap-add places
     its pulses with Praat's random generator, which is seeded here (and set back to unpredictable after).
     """
     import parselmouth
 
     parselmouth.praat.run("random_initializeWithSeedUnsafelyButPredictably (0)")
     try:
-        return _sing(audio, sr, melody, settings, analysis, progress)
+        return _sing(audio, sr, melody, settings, analysis, progress, groups)
     finally:
         parselmouth.praat.run("random_initializeSafelyAndUnpredictably ()")
 
 
-def _sing(audio, sr, melody, settings, analysis, progress) -> tuple[np.ndarray, dict]:
+def _sing(audio, sr, melody, settings, analysis, progress, groups) -> tuple[np.ndarray, dict]:
     settings = settings or PsolaSettings()
     analysis = analysis or analyse_speech(audio, sr)
     sylls, notes = analysis.syllables, melody.notes
-    groups = assign_syllables(sylls, notes)
+    groups = groups if groups is not None else assign_syllables(sylls, notes)
     n_out = int(round(melody.duration * sr))
     out = np.zeros(n_out + int(sr * (MARGIN + GROUP_XFADE)) * 2, dtype=np.float64)
     offset = int(sr * (MARGIN + GROUP_XFADE))  # out[offset + k] is output sample k
