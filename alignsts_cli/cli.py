@@ -118,8 +118,9 @@ def _root(
 
 
 # Options shared by convert and batch ---------------------------------------------------------
-MelodyType = Annotated[str, typer.Option("--melody-type", help="auto (by extension), midi, csv or audio.")]
-Track = Annotated[Optional[str], typer.Option(help="MIDI track: index (0 = first in the file) or part of its name.")]
+MelodyType = Annotated[str, typer.Option("--melody-type", help="auto (by extension), midi, musicxml, csv or audio.")]
+Track = Annotated[Optional[str], typer.Option(help="MIDI track or MusicXML part: index (0 = first in the file) or "
+                                              "part of its name [default: the tune, see alignsts inspect].")]
 Channel = Annotated[Optional[int], typer.Option(help="MIDI channel 1-16 (10 is drums and is ignored).")]
 PitchBend = Annotated[bool, typer.Option("--pitch-bend/--no-pitch-bend", help="Apply MIDI pitch bends.")]
 F0Units = Annotated[str, typer.Option("--f0-units", help="CSV F0 values: auto, hz or midi (note numbers).")]
@@ -158,7 +159,7 @@ def _melody_options(**kw):
 @friendly
 def convert(
     speech: Annotated[Path, typer.Argument(help="Speech recording (WAV, FLAC, OGG, ...).")],
-    melody: Annotated[Path, typer.Option("--melody", "-m", help="MIDI file, F0 CSV or reference singing.")],
+    melody: Annotated[Path, typer.Option("--melody", "-m", help="MIDI or MusicXML file, F0 CSV or reference singing.")],
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Output .wav or .flac [default: SPEECH-sung.wav].")
     ] = None,

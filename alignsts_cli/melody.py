@@ -35,6 +35,7 @@ DRUM_CHANNEL = 9
 PITCH_BEND_RANGE = 2.0
 
 MIDI_EXTENSIONS = (".mid", ".midi", ".kar", ".smf")
+MUSICXML_EXTENSIONS = (".musicxml", ".mxl", ".xml")
 CSV_EXTENSIONS = (".csv", ".tsv", ".txt", ".f0")
 
 
@@ -307,17 +308,27 @@ def load_midi(
         if any(t.drum_notes for t in tracks):
             raise AlignSTSError(f"{p}: the file has only drum notes (channel 10); give a MIDI file with a melody")
         raise AlignSTSError(f"{p}: the MIDI file has no notes; give a file with a melody")
+    bends = {t.index: t.bends for t in tracks} if pitch_bend else None
+    return melody_from_parts(p, parts, asked=track is not None or channel is not None, hop=hop, bends=bends)
+
+
+def melody_from_parts(p: Path, parts: list, *, asked: bool, hop: float = HOP, bends: dict | None = None) -> Melody:
+    """The melody of the part (``tracks.choose``) that is the tune, its chords reduced to the top line;
+    a close call not ``asked`` for (no --track/--channel) leaves a line in ``info["notices"]``.
+    ``bends``: {track index: pitch bends} to apply."""
     from alignsts_cli.tracks import choose
 
     chosen, uncertain, ranked = choose(parts)
     notes = skyline(chosen.notes)
-    source = pool[0] if track is not None else next(t for t in tracks if t.index == chosen.index)
-    f0 = render_notes(notes, hop, bends=source.bends if pitch_bend else None)
-    info = {"track": chosen.index, "track_name": chosen.name, "channel": chosen.channel + 1, "notes": len(notes)}
-    if uncertain and track is None and channel is None:
+    f0 = render_notes(notes, hop, bends=bends.get(chosen.index) if bends else None)
+    info = {"track": chosen.index, "track_name": chosen.name, "notes": len(notes)}
+    if chosen.channel is not None:
+        info["channel"] = chosen.channel + 1
+    if uncertain and not asked:
+        how = "--track/--channel" if chosen.channel is not None else "--track"
         info["notices"] = [
             f"note: {p.name}: sang {chosen.label()} as the melody, a close call over {ranked[1].label()}; "
-            f"`alignsts inspect {p.name}` lists the tracks, --track/--channel picks another"
+            f"`alignsts inspect {p.name}` lists them, {how} picks another"
         ]
     return Melody(f0=f0, notes=notes, source=str(p), hop=hop, info=info)
 
@@ -607,23 +618,25 @@ def melody_from_audio(
 # --------------------------------------------------------------------------- dispatch and checks
 
 def melody_kind(path: str | os.PathLike, kind: str = "auto") -> str:
-    """``midi``, ``csv`` or ``audio``: from ``kind`` when given, else by extension."""
+    """``midi``, ``musicxml``, ``csv`` or ``audio``: from ``kind`` when given, else by extension."""
     if kind != "auto":
-        if kind not in ("midi", "csv", "audio"):
-            raise AlignSTSError(f"--melody-type {kind}: use auto, midi, csv or audio")
+        if kind not in ("midi", "musicxml", "csv", "audio"):
+            raise AlignSTSError(f"--melody-type {kind}: use auto, midi, musicxml, csv or audio")
         return kind
     from alignsts_cli.audio import AUDIO_EXTENSIONS
 
     ext = Path(path).suffix.lower()
     if ext in MIDI_EXTENSIONS:
         return "midi"
+    if ext in MUSICXML_EXTENSIONS:
+        return "musicxml"
     if ext in CSV_EXTENSIONS:
         return "csv"
     if ext in AUDIO_EXTENSIONS:
         return "audio"
     raise AlignSTSError(
-        f"{path}: cannot tell the melody type from the extension '{ext}'; use .mid, .csv or an audio file, "
-        "or pass --melody-type midi|csv|audio"
+        f"{path}: cannot tell the melody type from the extension '{ext}'; use .mid, .musicxml, .csv or an audio "
+        "file, or pass --melody-type midi|musicxml|csv|audio"
     )
 
 
@@ -643,9 +656,13 @@ def load_melody(
     except AlignSTSError:
         _existing(path, "melody")  # a missing file is the first thing to say
         raise
-    _existing(path, {"midi": "MIDI", "csv": "F0 CSV", "audio": "reference singing"}[kind])
+    _existing(path, {"midi": "MIDI", "musicxml": "MusicXML", "csv": "F0 CSV", "audio": "reference singing"}[kind])
     if kind == "midi":
         return load_midi(path, track=track, channel=channel, pitch_bend=pitch_bend)
+    if kind == "musicxml":
+        from alignsts_cli.musicxml import load_musicxml
+
+        return load_musicxml(path, part=track)
     if kind == "csv":
         return load_f0_csv(path, units=f0_units, confidence_threshold=confidence)
     return melody_from_audio(path)
