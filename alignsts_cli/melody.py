@@ -707,7 +707,7 @@ def prepare_melody(
         point = float(hz_to_midi(speaking)) + SINGING_ABOVE_SPEECH
         gap = m.median_midi() - point
         if auto_key_hz or abs(gap) > OCTAVE_FIT:
-            octaves = int(round(-gap / 12.0))
+            octaves = -int(np.sign(gap)) * int(math.ceil(abs(gap) / 12.0 - 0.5))  # a tie: the smaller move
     m = m.transposed(12.0 * octaves + transpose)
     if auto_key_hz:
         m.info = {**m.info, "auto_key_octaves": octaves}

@@ -161,7 +161,7 @@ def test_inspect_lists_every_part_and_convert_says_a_close_call(tmp_path):
     assert "C4-A4" in lines[0] and "yes" in lines[0] and "Bass" in lines[2]
     assert "track 3 'Drums': 20 drum notes" in proc.stdout and "convert sings track 4 channel 1" in proc.stdout
     close = save(tmp_path / "close.mid", track(TUNE, 0), track([(s, b, p + 2) for s, b, p in TUNE], 1))
-    proc = run("convert", EXAMPLES / "speech.wav", "-m", close, "-o", tmp_path / "o.wav")
+    proc = run("convert", EXAMPLES / "speech.wav", "-m", close, "-o", tmp_path / "o.wav", "--exact-octave")
     assert proc.returncode == 0 and proc.stderr.startswith("note: close.mid: sang track 2 (channel 2)"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "reads MIDI files" in run("inspect", EXAMPLES / "speech.wav").stderr
