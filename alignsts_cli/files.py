@@ -121,6 +121,19 @@ def write_json(path: str | os.PathLike, data, *, indent: int = 1, sort_keys: boo
     return write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
 
 
+def read_json(path: Path, *, missing: str, unreadable: str, fix: str):
+    """JSON data of a file a user gives, with one-line errors: ``"{path}: {missing}"`` when it is not there,
+    ``"{path}: {unreadable} ({why}); {fix}"`` when it cannot be read or parsed."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AlignSTSError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AlignSTSError(f"{path}: {unreadable} ({exc}); {fix}") from None
+
+
 def read_path_rows(path: str | os.PathLike, *, header: tuple[str, ...], what: str, example: str) -> list[list[str]]:
     """Rows of a small CSV that lists files (``batch``'s pairs.csv, ``evaluate --pairs``), cells stripped.
 

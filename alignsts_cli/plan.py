@@ -19,7 +19,6 @@ plan must have been made for a melody with as many notes.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -55,13 +54,11 @@ def write_plan(path: str | os.PathLike, syllables, notes, groups: Groups, **name
 def read_plan(path: str | os.PathLike, notes, speech_seconds: float) -> tuple[list[Syllable], Groups]:
     """The syllables and groups of an (edited) plan file, checked against ``notes`` (the melody's) and the
     speech's length; a mistake raises ``AlignSTSError`` naming the entry."""
+    from alignsts_cli.files import read_json
+
     p = Path(path).expanduser()
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AlignSTSError(f"{p}: no such plan file; write one with convert --save-plan") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AlignSTSError(f"{p}: not a readable plan ({exc}); write one with convert --save-plan") from None
+    data = read_json(p, missing="no such plan file; write one with convert --save-plan",
+                     unreadable="not a readable plan", fix="write one with convert --save-plan")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise AlignSTSError(f"{p}: not an alignsts plan (no \"format\": \"{FORMAT}\"); write one with convert --save-plan")
     if len(data.get("notes", [])) != len(notes):

@@ -354,7 +354,7 @@ def choose(report: SpeechReport) -> dict | None:
                 ca = scores[best]["raw_chroma_accuracy"] or 0.0
                 cb = scores[second]["raw_chroma_accuracy"] or 0.0
                 best = best if ca >= cb else second
-                why = f"words, voice and quality tie with the next; better melody accuracy"
+                why = "words, voice and quality tie with the next; better melody accuracy"
         else:
             why += f"; next: {second} (words {_pct(scores[second]['words'])}, voice {_pct(scores[second]['voice'])})"
     return {"system": best, "why": why + ".", "scores": scores}

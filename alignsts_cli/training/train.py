@@ -154,12 +154,10 @@ class TrainConfig:
         path = Path(path).expanduser()
         if not path.exists() and path.name == str(path) and (CONFIGS_DIR / f"{path.name}.json").exists():
             path = CONFIGS_DIR / f"{path.name}.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AlignSTSError(f"{path}: no such config file; see alignsts_cli/training/configs/ for examples") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AlignSTSError(f"{path}: not a readable JSON config ({exc}); fix the file") from None
+        from alignsts_cli.files import read_json
+
+        data = read_json(path, missing="no such config file; see alignsts_cli/training/configs/ for examples",
+                         unreadable="not a readable JSON config", fix="fix the file")
         if not isinstance(data, dict):
             raise AlignSTSError(f"{path}: a train config must be a JSON object")
         return cls.from_dict(data)
