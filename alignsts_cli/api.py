@@ -98,7 +98,8 @@ def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: 
         raise AlignSTSError(
             f"{melody.source}: the melody sits {abs(gap):.0f} semitones {where} this voice (speech around "
             f"{speech_median_hz:.0f} Hz, melody around {float(midi_to_hz(m.median_midi())):.0f} Hz); "
-            "leave out --exact-octave (or add --auto-key) to sing it in this voice's octave, or use --transpose"
+            + ("leave out --exact-octave to sing it in this voice's octave, or use --transpose" if options.exact_octave
+               else f"--transpose {options.transpose:+g} takes it too far; use a smaller one")
         )
     return m
 

@@ -124,8 +124,9 @@ def _bad_inputs(tmp_path):
         "midi without notes": (["convert", SPEECH, "-m", d / "nonotes.mid"], "no notes"),
         "midi of drums": (["convert", SPEECH, "-m", d / "drums.mid"], "only drum notes"),
         "10-minute melody": (["convert", SPEECH, "-m", d / "long.mid"], "split the song"),
-        "melody too high": (["convert", SPEECH, "-m", d / "high.mid"], "outside the singable"),
-        "melody far from the voice": (["convert", SPEECH, "-m", MELODY, "--transpose", "30"], "--auto-key"),
+        # As written, with --exact-octave (by default it is sung 4 octaves lower, in the voice's range).
+        "melody too high": (["convert", SPEECH, "-m", d / "high.mid", "--exact-octave"], "leave out --exact-octave"),
+        "melody far from the voice": (["convert", SPEECH, "-m", MELODY, "--transpose", "30"], "after transposing by +30"),
         "garbage csv": (["convert", SPEECH, "-m", d / "garbage.csv"], "not numbers"),
         "nan csv": (["convert", SPEECH, "-m", d / "nan.csv"], "no voiced frames"),
         "wrong kind": (["convert", SPEECH, "-m", d / "fake.mid"], "not a valid MIDI"),
