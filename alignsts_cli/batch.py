@@ -106,7 +106,8 @@ def find_jobs(
 
 @dataclass
 class Outcome:
-    """What became of one job: ``ok`` (with the seconds sung), ``skipped`` or ``failed`` (with why)."""
+    """What became of one job: ``ok`` (with the seconds sung, and what ``convert`` would have noted),
+    ``skipped`` or ``failed`` (with why)."""
 
     job: Job
     status: str  # ok | skipped | failed
@@ -153,7 +154,8 @@ def run_jobs(converter, jobs: list[Job], *, overwrite: bool = False, progress=No
             elif isinstance(res, Exception):
                 record(Outcome(job, "failed", note=f"internal error ({type(res).__name__}: {res})"))
             else:
-                record(Outcome(job, "ok", res.seconds))
+                notices = res.info.get("notices", [])  # the part taken, an octave moved: as convert says them
+                record(Outcome(job, "ok", res.seconds, note="; ".join([str(job.output)] + notices) if notices else ""))
     except Exception as exc:  # a bug must not hide what was already done
         for job in todo:
             if id(job) not in done:

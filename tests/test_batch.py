@@ -7,6 +7,7 @@ from alignsts_cli.errors import AlignSTSError
 
 class _Result:
     seconds = 1.5
+    info = {}
 
 
 class FakeConverter:
@@ -24,6 +25,10 @@ class FakeConverter:
                 yield (speech, melody, output), AlignSTSError(f"{speech}: too short")
             elif Path(speech).name == "bug.wav":
                 yield (speech, melody, output), KeyError("x")
+            elif Path(speech).name == "low.wav":
+                moved = _Result()
+                moved.info = {"notices": ["note: m.mid sits 24 semitones above where this voice sings; ..."]}
+                yield (speech, melody, output), moved
             else:
                 yield (speech, melody, output), _Result()
 
@@ -74,3 +79,11 @@ def test_pairs_by_stem_and_by_manifest(tmp_path):
     (tmp_path / "pairs.csv").write_text("speech,melody\n# a comment\ntake2.wav,take1.mid,sung/two.wav\n")
     (job,) = find_jobs(tmp_path, tmp_path / "out")
     assert job.melody == tmp_path / "take1.mid" and job.output == tmp_path / "out" / "sung" / "two.wav"
+
+
+def test_what_convert_would_note_is_in_the_batch_row(tmp_path):
+    jobs = _jobs(tmp_path, ["low.wav", "a.wav"])
+    by = {o.job.speech.name: o for o in run_jobs(FakeConverter(), jobs)}
+    assert by["low.wav"].status == "ok" and "24 semitones above" in by["low.wav"].note
+    assert str(jobs[0].output) in by["low.wav"].note
+    assert by["a.wav"].note == ""
