@@ -47,6 +47,7 @@ class MelodyOptions:
     tempo: float = 1.0  # 2.0 = twice as fast
     auto_key: bool = False  # always move by octaves to the speaker's singing point
     exact_octave: bool = False  # never move by octaves (by default a melody far from the voice is moved)
+    f0_method: str = "swift"  # pitch tracker for reference singing: swift | praat (melody.F0_METHODS)
 
 
 @dataclass
@@ -242,7 +243,8 @@ class Converter:
 
         def read():
             raw = load_melody(melody, options.kind, track=options.track, channel=options.channel,
-                              pitch_bend=options.pitch_bend, f0_units=options.f0_units, confidence=options.confidence)
+                              pitch_bend=options.pitch_bend, f0_units=options.f0_units, confidence=options.confidence,
+                              f0_method=options.f0_method)
             step("reading the speech", 0.05)
             return raw, load_speech(speech)
 
@@ -373,11 +375,13 @@ def extract_f0_file(
     hop: float = HOP,
     floor: float | None = None,
     ceiling: float | None = None,
+    method: str = "swift",
     midi: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> F0Result:
-    """F0 of a sung recording to a CREPE-format CSV (``ref.f0.csv`` by default).
+    """F0 of a sung recording to a CREPE-format CSV (``ref.f0.csv`` by default), tracked by ``method``
+    (``melody.F0_METHODS``; ``floor``/``ceiling`` default to that tracker's singing range).
 
     Optionally also the notes as a MIDI file and a PNG of the F0 over a spectrogram.
     """
@@ -385,8 +389,7 @@ def extract_f0_file(
     from alignsts_cli.audio import load_audio, loudest_dbfs, SILENCE_DBFS
     from alignsts_cli.files import check_output_path
 
-    floor = mel.SINGING_F0_FLOOR if floor is None else floor
-    ceiling = mel.SINGING_F0_CEILING if ceiling is None else ceiling
+    floor, ceiling = mel.f0_range(method, floor, ceiling)
     if not 0.001 <= hop <= 0.1:
         raise AlignSTSError(f"--hop {hop}: use a hop between 0.001 and 0.1 seconds")
     if not 20 <= floor < ceiling <= 2000:
@@ -402,7 +405,7 @@ def extract_f0_file(
     audio, sr = load_audio(ref, what="reference singing")
     if loudest_dbfs(audio, sr) < SILENCE_DBFS:
         raise AlignSTSError(f"{ref}: the recording is silent; give a recording of someone singing")
-    f0, conf = mel.extract_f0(audio, sr, hop=hop, floor=floor, ceiling=ceiling)
+    f0, conf = mel.extract_f0(audio, sr, hop=hop, floor=floor, ceiling=ceiling, method=method)
     if not np.any(f0 > 0):
         raise AlignSTSError(f"{ref}: no pitch found; give a recording of a single voice singing")
     result = F0Result(mel.write_f0_csv(csv, f0, conf, hop, inputs=inputs, overwrite=overwrite), f0, conf, hop)
@@ -418,9 +421,9 @@ def extract_f0_file(
 
 
 def inspect_melody(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """The parts of a MIDI file as ``convert`` sees them, best first: (rows, notes).
+    """The parts of a MIDI or MusicXML file as ``convert`` sees them, best first: (rows, notes).
 
-    Each row: ``track``, ``channel`` (1-16), ``name``, ``program`` (General MIDI, 0-127, or None),
+    Each row: ``track`` (MIDI track or MusicXML part), ``channel`` (1-16; None in MusicXML), ``name``, ``program`` (General MIDI, 0-127, or None),
     ``family``, ``notes``, ``polyphony`` (share of time with chords), ``low`` / ``high`` (note names),
     ``seconds``, ``lyrics``, ``score``, ``reasons`` and ``default`` (the part convert sings).
     ``notes``: lines about what is left out (drum tracks) and whether the default is a close call.
@@ -428,16 +431,23 @@ def inspect_melody(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     from alignsts_cli.melody import DRUM_CHANNEL, melody_kind, note_name, read_midi_tracks
     from alignsts_cli.tracks import CLOSE_CALL, GM_FAMILIES, choose, polyphony
 
-    if melody_kind(path) != "midi":
-        raise AlignSTSError(f"{path}: inspect reads MIDI files (.mid, .midi, .kar); this is not one")
-    tracks = read_midi_tracks(path)
-    programs: dict[int, int] = {}
-    for t in tracks:
-        for ch, prog in t.programs.items():
-            programs.setdefault(ch, prog)
-    parts = [part for t in tracks for part in t.parts(programs)]
-    notes = [f"track {t.index} '{t.name or 'unnamed'}': {t.drum_notes} drum notes (channel {DRUM_CHANNEL + 1}), "
-             "never sung" for t in tracks if t.drum_notes]
+    kind = melody_kind(path) if Path(path).suffix else "none"
+    if kind == "musicxml":
+        from alignsts_cli.musicxml import read_parts
+
+        parts, notes = [pt for pt in read_parts(path) if pt.notes], []
+    elif kind == "midi":
+        tracks = read_midi_tracks(path)
+        programs: dict[int, int] = {}
+        for t in tracks:
+            for ch, prog in t.programs.items():
+                programs.setdefault(ch, prog)
+        parts = [part for t in tracks for part in t.parts(programs)]
+        notes = [f"track {t.index} '{t.name or 'unnamed'}': {t.drum_notes} drum notes (channel {DRUM_CHANNEL + 1}), "
+                 "never sung" for t in tracks if t.drum_notes]
+    else:
+        raise AlignSTSError(f"{path}: inspect reads scores (MIDI .mid/.midi/.kar, MusicXML .musicxml/.mxl); "
+                            "this is not one")
     if not parts:
         return [], notes + ["no track has melodic notes"]
     chosen, uncertain, ranked = choose(parts)
@@ -447,7 +457,8 @@ def inspect_melody(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     for part in ranked:
         pitches = part.pitches
         rows.append({
-            "track": part.index, "channel": part.channel + 1, "name": part.name, "program": part.program,
+            "track": part.index, "channel": None if part.channel is None else part.channel + 1,
+            "name": part.name, "program": part.program,
             "family": GM_FAMILIES[part.program // 8] if part.program is not None else "",
             "notes": len(part.notes), "polyphony": polyphony(part.notes),
             "low": note_name(pitches.min()), "high": note_name(pitches.max()),

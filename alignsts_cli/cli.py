@@ -120,11 +120,13 @@ def _root(
 # Options shared by convert and batch ---------------------------------------------------------
 MelodyType = Annotated[str, typer.Option("--melody-type", help="auto (by extension), midi, musicxml, csv or audio.")]
 Track = Annotated[Optional[str], typer.Option(help="MIDI track or MusicXML part: index (0 = first in the file) or "
-                                              "part of its name [default: the tune, see alignsts inspect].")]
+                                              "part of its name \\[default: the tune, see alignsts inspect].")]
 Channel = Annotated[Optional[int], typer.Option(help="MIDI channel 1-16 (10 is drums and is ignored).")]
 PitchBend = Annotated[bool, typer.Option("--pitch-bend/--no-pitch-bend", help="Apply MIDI pitch bends.")]
 F0Units = Annotated[str, typer.Option("--f0-units", help="CSV F0 values: auto, hz or midi (note numbers).")]
 Confidence = Annotated[float, typer.Option(help="CSV frames below this confidence are unvoiced.")]
+F0Method = Annotated[str, typer.Option("--f0-method", help="Pitch tracker for reference singing: swift (SwiftF0, "
+                                       "the most accurate on singing as measured, see the README) or praat.")]
 Transpose = Annotated[float, typer.Option(help="Shift the melody by N semitones.")]
 AutoKey = Annotated[bool, typer.Option("--auto-key", help="Always move the melody by octaves to sit 5 semitones above "
                                        "the speaking voice (by default only a melody far from it is moved).")]
@@ -144,8 +146,8 @@ Precision = Annotated[str, typer.Option(
     help="auto (bfloat16 vocoder on CPUs that compute it natively: about twice as fast, same quality as "
     "measured) or float32 (every stage in float32)."
 )]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the AlignSTS engine [default: one per core].")]
-Seed = Annotated[Optional[int], typer.Option(help="Random seed of the AlignSTS engine's sampling [default: 0].")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the AlignSTS engine \\[default: one per core].")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed of the AlignSTS engine's sampling \\[default: 0].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
 
@@ -161,7 +163,7 @@ def convert(
     speech: Annotated[Path, typer.Argument(help="Speech recording (WAV, FLAC, OGG, ...).")],
     melody: Annotated[Path, typer.Option("--melody", "-m", help="MIDI or MusicXML file, F0 CSV or reference singing.")],
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Output .wav or .flac [default: SPEECH-sung.wav].")
+        Optional[Path], typer.Option("--output", "-o", help="Output .wav or .flac \\[default: SPEECH-sung.wav].")
     ] = None,
     melody_type: MelodyType = "auto",
     engine: Engine = "auto",
@@ -175,6 +177,7 @@ def convert(
     pitch_bend: PitchBend = False,
     f0_units: F0Units = "auto",
     confidence: Confidence = 0.5,
+    f0_method: F0Method = "swift",
     transpose: Transpose = 0.0,
     auto_key: AutoKey = False,
     exact_octave: ExactOctave = False,
@@ -193,7 +196,7 @@ def convert(
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
-        exact_octave=exact_octave,
+        exact_octave=exact_octave, f0_method=f0_method,
     )
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
     with _stages("loading", 22) as show:
@@ -222,11 +225,11 @@ def convert(
 def batch(
     folder: Annotated[Path, typer.Argument(help="Folder of speech files (and melodies, or a pairs.csv).")],
     output_dir: Annotated[
-        Optional[Path], typer.Option("--output-dir", "-o", help="Where to write [default: FOLDER-sung/].")
+        Optional[Path], typer.Option("--output-dir", "-o", help="Where to write \\[default: FOLDER-sung/].")
     ] = None,
     melody: Annotated[Optional[Path], typer.Option("--melody", "-m", help="One melody for every file.")] = None,
     manifest: Annotated[
-        Optional[Path], typer.Option(help="CSV of speech,melody[,output] [default: FOLDER/pairs.csv if present].")
+        Optional[Path], typer.Option(help="CSV of speech,melody[,output] \\[default: FOLDER/pairs.csv if present].")
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Look in subfolders.")] = True,
     melody_type: MelodyType = "auto",
@@ -241,6 +244,7 @@ def batch(
     pitch_bend: PitchBend = False,
     f0_units: F0Units = "auto",
     confidence: Confidence = 0.5,
+    f0_method: F0Method = "swift",
     transpose: Transpose = 0.0,
     auto_key: AutoKey = False,
     exact_octave: ExactOctave = False,
@@ -262,7 +266,7 @@ def batch(
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
-        exact_octave=exact_octave,
+        exact_octave=exact_octave, f0_method=f0_method,
     )
     jobs = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
     if converter.engine == "alignsts":
@@ -302,9 +306,9 @@ def _batch_table(folder: Path, output_dir: Path, outcomes) -> None:
 @app.command()
 @friendly
 def inspect(
-    melody: Annotated[Path, typer.Argument(help="A MIDI file (.mid, .midi, .kar).")],
+    melody: Annotated[Path, typer.Argument(help="A MIDI file (.mid, .midi, .kar) or MusicXML score (.musicxml, .mxl).")],
 ):
-    """List the tracks and channels of a MIDI file, and which one convert sings by default."""
+    """List the tracks and channels of a MIDI file (the parts of a MusicXML score), and which one convert sings."""
     from rich.table import Table
 
     from alignsts_cli import api
@@ -316,7 +320,7 @@ def inspect(
         table.add_column(col, justify="right" if col in ("track", "ch", "notes", "chords", "ends at s", "score") else "left")
     for r in rows:
         program = f"{r['program']} {r['family']}" if r["program"] is not None else "-"
-        table.add_row(str(r["track"]), str(r["channel"]), r["name"] or "-", program, str(r["notes"]),
+        table.add_row(str(r["track"]), str(r["channel"] or "-"), r["name"] or "-", program, str(r["notes"]),
                       f"{r['polyphony']:.0%}", f"{r['low']}-{r['high']}", f"{r['seconds']:.1f}",
                       "yes" if r["lyrics"] else "", f"{r['score']:+.1f}", "<- sung" if r["default"] else "")
     out = _console()
@@ -336,11 +340,14 @@ def inspect(
 def extract_f0(
     reference: Annotated[Path, typer.Argument(help="A recording of singing (one voice).")],
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="CSV to write [default: REFERENCE.f0.csv].")
+        Optional[Path], typer.Option("--output", "-o", help="CSV to write \\[default: REFERENCE.f0.csv].")
     ] = None,
     hop: Annotated[float, typer.Option(help="Frame step in seconds.")] = 0.01,
-    floor: Annotated[float, typer.Option(help="Lowest F0 searched, Hz.")] = 80.0,
-    ceiling: Annotated[float, typer.Option(help="Highest F0 searched, Hz.")] = 750.0,
+    f0_method: F0Method = "swift",
+    floor: Annotated[Optional[float], typer.Option(
+        help="Lowest F0 searched, Hz (default: 50 with swift, 80 with praat).")] = None,
+    ceiling: Annotated[Optional[float], typer.Option(
+        help="Highest F0 searched, Hz (default: 1100 with swift, 750 with praat).")] = None,
     midi: Annotated[Optional[Path], typer.Option(help="Also write the notes found as a MIDI file.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the F0 over a spectrogram as a PNG.")] = None,
     overwrite: Overwrite = False,
@@ -349,7 +356,8 @@ def extract_f0(
     from alignsts_cli import api
 
     res = api.extract_f0_file(
-        reference, output, hop=hop, floor=floor, ceiling=ceiling, midi=midi, plot=plot, overwrite=overwrite
+        reference, output, hop=hop, floor=floor, ceiling=ceiling, method=f0_method, midi=midi, plot=plot,
+        overwrite=overwrite,
     )
     voiced = float((res.f0 > 0).mean())
     print(f"wrote {res.csv} ({len(res.f0)} frames of {res.hop * 1000:g} ms, {voiced:.0%} voiced, {res.notes} notes)")
@@ -362,11 +370,11 @@ def extract_f0(
 @friendly
 def download_weights(
     cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Hub cache to use [default: HF_HUB_CACHE, else HF_HOME/hub].")
+        Optional[Path], typer.Option(help="Hub cache to use \\[default: HF_HUB_CACHE, else HF_HOME/hub].")
     ] = None,
     list_only: Annotated[bool, typer.Option("--list", help="Only list what is present; download nothing.")] = False,
     lock: Annotated[
-        Optional[Path], typer.Option(help="Another weights.lock [default: ALIGNSTS_WEIGHTS_LOCK, else the shipped one].")
+        Optional[Path], typer.Option(help="Another weights.lock \\[default: ALIGNSTS_WEIGHTS_LOCK, else the shipped one].")
     ] = None,
 ):
     """Fetch the model weights listed in weights.lock, verify their sha256, and list what is present."""
@@ -592,7 +600,7 @@ def evaluate(
     system: Annotated[
         Optional[list[str]],
         typer.Option("--system", "-s", help="ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE] (no VOICE: the one "
-                     "--engine alignsts uses); repeat for several side by side [default: ground-truth and psola on "
+                     "--engine alignsts uses); repeat for several side by side \\[default: ground-truth and psola on "
                      "a cache, psola and alignsts on a speech,melody manifest]."),
     ] = None,
     output_dir: Annotated[

@@ -29,6 +29,15 @@ MAX_MELODY_SECONDS = 360.0
 SINGING_F0_FLOOR = 80.0
 SINGING_F0_CEILING = 750.0
 SINGING_VOICING_THRESHOLD = 0.6
+#: Pitch trackers for reference singing (``--f0-method``), and the default: SwiftF0 tracked sung audio with
+#: known notes best of the trackers that install with this torch (``benchmarks/f0_trackers.py``, README).
+F0_METHODS = ("swift", "praat")
+REFERENCE_F0_METHOD = "swift"
+#: SwiftF0's search range for singing, Hz (its model covers 46.875-2093.75): a bass's low notes to a soprano's.
+SWIFT_F0_FLOOR = 50.0
+SWIFT_F0_CEILING = 1100.0
+#: SwiftF0 frames at or above this confidence are voiced (its documented calibration).
+SWIFT_VOICED = 0.5
 #: MIDI channel that General MIDI reserves for drums (0-based; "channel 10" to a musician).
 DRUM_CHANNEL = 9
 #: Pitch-bend range assumed for MIDI files, in semitones (the General MIDI default).
@@ -519,13 +528,14 @@ def contour_to_grid(times: np.ndarray, f0: np.ndarray, hop: float = HOP) -> np.n
 
 
 def notes_from_contour(
-    f0: np.ndarray, hop: float = HOP, *, min_note: float = 0.05, jump: float = 0.8
+    f0: np.ndarray, hop: float = HOP, *, min_note: float = 0.05, jump: float = 0.8, glide: float = 0.08
 ) -> list[Note]:
     """Segment an F0 contour ``[T]`` (Hz) into notes.
 
     A note ends at an unvoiced gap, or where the pitch leaves the note's running
-    median by more than ``jump`` semitones for at least ``min_note`` seconds.
-    Notes shorter than ``min_note`` are dropped. Pitches are medians (fractional).
+    median by more than ``jump`` semitones for at least ``min_note`` seconds. A step shorter
+    than ``glide`` seconds between two notes with no gap is the glide between them and joins
+    the nearer in pitch. Notes shorter than ``min_note`` are dropped. Pitches are medians (fractional).
     """
     voiced = f0 > 0
     midi = np.where(voiced, hz_to_midi(np.where(voiced, f0, 1.0)), 0.0)
@@ -543,37 +553,70 @@ def notes_from_contour(
         if len(run) >= 5:  # median filter removes single-frame glitches
             pad = np.pad(run, 2, mode="edge")
             run = np.median(np.lib.stride_tricks.sliding_window_view(pad, 5), axis=1)
-        start = 0
+        cuts = [0]
         k = 1
         while k < len(run):
-            ref = np.median(run[start:k])
-            if abs(run[k] - ref) > jump and k - start >= need:
+            ref = np.median(run[cuts[-1]:k])
+            if abs(run[k] - ref) > jump and k - cuts[-1] >= need:
                 stop = min(k + need, len(run))
                 if np.all(np.abs(run[k:stop] - ref) > jump) and stop - k >= need:
-                    notes.append(Note((i + start) * hop, (i + k) * hop, float(ref)))
-                    start = k
+                    cuts.append(k)
             k += 1
-        if len(run) - start >= need:
-            notes.append(Note((i + start) * hop, (i + len(run)) * hop, float(np.median(run[start:]))))
+        cuts.append(len(run))
+        # A short step between two notes sung legato is the glide from one to the other: join it to the
+        # neighbour nearer in pitch.
+        while len(cuts) > 2:
+            spans = list(zip(cuts[:-1], cuts[1:]))
+            lens = [b - a for a, b in spans]
+            short = min(range(len(spans)), key=lens.__getitem__)
+            if lens[short] * hop >= glide:
+                break
+            a, b = spans[short]
+            here = np.median(run[a:b])
+            if short == 0 or (short < len(spans) - 1 and abs(np.median(run[b:cuts[short + 2]]) - here)
+                              < abs(np.median(run[cuts[short - 1]:a]) - here)):
+                del cuts[short + 1]  # into the next note
+            else:
+                del cuts[short]  # into the previous note
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if b - a >= need:
+                notes.append(Note((i + a) * hop, (i + b) * hop, float(np.median(run[a:b]))))
         i = j
     return notes
 
 
 # --------------------------------------------------------------------------- reference audio
 
+def f0_range(method: str, floor: float | None = None, ceiling: float | None = None) -> tuple[float, float]:
+    """The F0 search range of a tracker: ``floor``/``ceiling`` where given, else its singing defaults."""
+    if method not in F0_METHODS:
+        raise AlignSTSError(f"--f0-method {method}: use one of {', '.join(F0_METHODS)}")
+    lo, hi = (SWIFT_F0_FLOOR, SWIFT_F0_CEILING) if method == "swift" else (SINGING_F0_FLOOR, SINGING_F0_CEILING)
+    return (lo if floor is None else float(floor)), (hi if ceiling is None else float(ceiling))
+
+
 def extract_f0(
     audio: np.ndarray,
     sr: int,
     *,
     hop: float = HOP,
-    floor: float = SINGING_F0_FLOOR,
-    ceiling: float = SINGING_F0_CEILING,
+    floor: float | None = None,
+    ceiling: float | None = None,
     voicing_threshold: float = SINGING_VOICING_THRESHOLD,
+    method: str = "praat",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Praat autocorrelation F0 of ``[n]`` audio on the grid 0, hop, ...
+    """F0 of ``[n]`` audio on the grid 0, hop, ... by ``method`` (``praat`` or ``swift``).
 
-    Returns ``(f0, strength)``, both ``[T]`` with T = ceil(duration / hop); f0 in Hz, 0 = unvoiced.
+    Returns ``(f0, confidence)``, both ``[T]`` with T = ceil(duration / hop); f0 in Hz, 0 = unvoiced.
+    Praat (autocorrelation, the default here, so every measurement in the package stays comparable)
+    returns its voicing strength; SwiftF0 its confidence (voiced from ``SWIFT_VOICED``). Reference
+    singing uses ``REFERENCE_F0_METHOD``.
     """
+    floor, ceiling = f0_range(method, floor, ceiling)
+    n = int(math.ceil(len(audio) / sr / hop))
+    grid = np.arange(n) * hop
+    if method == "swift":
+        return _swift_f0(audio, sr, grid, floor, ceiling)
     import parselmouth
 
     snd = parselmouth.Sound(audio.astype(np.float64), sampling_frequency=sr)
@@ -583,8 +626,6 @@ def extract_f0(
     freq = pitch.selected_array["frequency"]
     strength = pitch.selected_array["strength"]
     xs = pitch.xs()
-    n = int(math.ceil(len(audio) / sr / hop))
-    grid = np.arange(n) * hop
     if len(xs) == 0:
         return np.zeros(n), np.zeros(n)
     idx = np.clip(np.round((grid - xs[0]) / hop).astype(np.int64), 0, len(xs) - 1)
@@ -594,25 +635,58 @@ def extract_f0(
     return f0, conf
 
 
+_SWIFT = None
+
+
+def _swift_f0(audio, sr, grid, floor, ceiling):
+    """SwiftF0 (16 ms frames at their centres) resampled onto ``grid``: confidence linearly, pitch in
+    log frequency between voiced frames only, so no pitch is invented across a rest."""
+    global _SWIFT
+    try:
+        from swift_f0 import SwiftF0
+    except ImportError:
+        raise AlignSTSError("the swift pitch tracker needs the swift-f0 package: pip install swift-f0 "
+                            "(or use --f0-method praat)") from None
+    if _SWIFT is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _SWIFT = SwiftF0(threads=max(1, min(cores, 6)), spin=False)  # more than ~6 threads do not help it
+    lo, hi = max(floor, 46.875), min(ceiling, 2093.75)
+    if not lo * 1.05 < hi:
+        raise AlignSTSError(f"F0 range {floor:g}-{ceiling:g} Hz: the swift tracker searches 47-2093 Hz")
+    x = np.asarray(audio, dtype=np.float32)
+    if len(x) < sr * 0.02:
+        return np.zeros(len(grid)), np.zeros(len(grid))
+    r = _SWIFT.detect(x, sr, fmin=lo, fmax=hi)
+    conf = np.interp(grid, r.timestamps, r.confidence, left=0.0, right=0.0)
+    voiced = r.confidence >= SWIFT_VOICED
+    f0 = np.zeros(len(grid))
+    if voiced.any():
+        logf = np.interp(grid, r.timestamps[voiced], np.log(r.pitch_hz[voiced]))
+        on = conf >= SWIFT_VOICED
+        f0[on] = np.exp(logf[on])
+    return f0, np.where(f0 > 0, conf, 0.0)
+
+
 def melody_from_audio(
     path: str | os.PathLike,
     *,
     hop: float = HOP,
-    floor: float = SINGING_F0_FLOOR,
-    ceiling: float = SINGING_F0_CEILING,
+    floor: float | None = None,
+    ceiling: float | None = None,
+    method: str = REFERENCE_F0_METHOD,
 ) -> Melody:
-    """A melody from a reference singing recording (Praat F0, singing settings)."""
+    """A melody from a reference singing recording (F0 by ``method``, singing settings)."""
     from alignsts_cli.audio import load_audio, loudest_dbfs, SILENCE_DBFS
 
     audio, sr = load_audio(path, what="reference singing")
     if loudest_dbfs(audio, sr) < SILENCE_DBFS:
         raise AlignSTSError(f"{path}: the reference recording is silent; give a recording of the melody being sung")
-    f0, _ = extract_f0(audio, sr, hop=hop, floor=floor, ceiling=ceiling)
+    f0, _ = extract_f0(audio, sr, hop=hop, floor=floor, ceiling=ceiling, method=method)
     if not (f0 > 0).any():
         raise AlignSTSError(
             f"{path}: no pitch found in the reference recording; give a recording of a single voice singing"
         )
-    return Melody(f0=f0, notes=notes_from_contour(f0, hop), source=str(path), hop=hop)
+    return Melody(f0=f0, notes=notes_from_contour(f0, hop), source=str(path), hop=hop, info={"f0_method": method})
 
 
 # --------------------------------------------------------------------------- dispatch and checks
@@ -649,8 +723,9 @@ def load_melody(
     pitch_bend: bool = False,
     f0_units: str = "auto",
     confidence: float = 0.5,
+    f0_method: str = REFERENCE_F0_METHOD,
 ) -> Melody:
-    """Load a melody of any supported kind (see ``melody_kind``)."""
+    """Load a melody of any supported kind (see ``melody_kind``); ``f0_method`` tracks reference singing."""
     try:
         kind = melody_kind(path, kind)
     except AlignSTSError:
@@ -665,7 +740,7 @@ def load_melody(
         return load_musicxml(path, part=track)
     if kind == "csv":
         return load_f0_csv(path, units=f0_units, confidence_threshold=confidence)
-    return melody_from_audio(path)
+    return melody_from_audio(path, method=f0_method)
 
 
 #: The singing point of a voice: this many semitones above its median speaking pitch.

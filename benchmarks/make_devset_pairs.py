@@ -165,6 +165,27 @@ def write_reference(path: Path, f0: np.ndarray, rng: np.random.Generator, sr: in
     sf.write(str(path), out.astype(np.float32), sr, subtype="PCM_16", format="FLAC")
 
 
+def designs(i: int, m: dict):
+    """The two melodies of recording ``i`` (its speech.json entry ``m``): for each, ``(id, kind, where, ratio,
+    notes, tonic, bpm, rng)``; ``rng`` then draws, in this order, the MIDI accompaniment or the contour and
+    the reference's voice (so ``benchmarks/f0_trackers.py`` rebuilds a reference's exact F0)."""
+    name = m["file"]
+    choices = [(KINDS[i % 4], "in", list(RATIOS)[i % 3]),
+               (KINDS[(i + 2) % 4], "out" if i % 2 == 0 else "in", list(RATIOS)[(i + 1) % 3])]
+    for j, (kind, where, ratio) in enumerate(choices):
+        rng = np.random.default_rng(1000 * i + j)
+        n_notes = max(3, round(m["duration_s"] * SYLLABLES_PER_SECOND * RATIOS[ratio]))
+        notes = tune(rng, n_notes)
+        voice = 69 + 12 * math.log2(m["median_f0_hz"] / 440.0)
+        shift = 0 if where == "in" else (12 if m["sex"] == "m" else -12)
+        tonic = int(round(voice + 4 + shift - (semitone_median(notes, 0))))
+        beats = sum(b for _, b in notes)
+        seconds = max(1.6 * m["duration_s"], 0.3 * n_notes)
+        bpm = float(np.clip(60.0 * beats / seconds, 50, 200))
+        pid = f"{Path(name).stem.removeprefix('dev_')}--{kind}-{where}-{ratio}"
+        yield pid, kind, where, ratio, notes, tonic, bpm, rng
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devset", type=Path, default=ROOT.parent / "shared" / "devset",
@@ -177,19 +198,7 @@ def main() -> None:
     for i, m in enumerate(meta):
         name = m["file"]
         speaker = name.split("_")[1]  # dev_m1_... -> m1
-        choices = [(KINDS[i % 4], "in", list(RATIOS)[i % 3]),
-                   (KINDS[(i + 2) % 4], "out" if i % 2 == 0 else "in", list(RATIOS)[(i + 1) % 3])]
-        for j, (kind, where, ratio) in enumerate(choices):
-            rng = np.random.default_rng(1000 * i + j)
-            n_notes = max(3, round(m["duration_s"] * SYLLABLES_PER_SECOND * RATIOS[ratio]))
-            notes = tune(rng, n_notes)
-            voice = 69 + 12 * math.log2(m["median_f0_hz"] / 440.0)
-            shift = 0 if where == "in" else (12 if m["sex"] == "m" else -12)
-            tonic = int(round(voice + 4 + shift - (semitone_median(notes, 0))))
-            beats = sum(b for _, b in notes)
-            seconds = max(1.6 * m["duration_s"], 0.3 * n_notes)
-            bpm = float(np.clip(60.0 * beats / seconds, 50, 200))
-            pid = f"{Path(name).stem.removeprefix('dev_')}--{kind}-{where}-{ratio}"
+        for j, (pid, kind, where, ratio, notes, tonic, bpm, rng) in enumerate(designs(i, m)):
             ext = {"multitrack": ".mid", "tempo": ".mid", "csv": ".f0.csv", "reference": ".flac"}[kind]
             path = OUT / f"{pid}{ext}"
             if kind in ("multitrack", "tempo"):

@@ -243,3 +243,14 @@ def test_batch_bad_folder(tmp_path):
     assert "no such folder" in one_line_error(run("batch", tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     assert "no audio files" in one_line_error(run("batch", tmp_path / "empty"))
+
+
+def test_help_shows_the_defaults_written_in_brackets():
+    # rich reads "[...]" as markup and drops it unless escaped
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "alignsts_cli", "convert", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120).stdout
+    assert "[default: SPEECH-sung.wav]" in out and "[default: the tune, see alignsts inspect]" in out
+    out = subprocess.run([sys.executable, "-m", "alignsts_cli", "extract-f0", "--help"], capture_output=True,
+                         text=True, env=env, timeout=120).stdout
+    assert "--f0-method" in out and "default: 50 with swift" in out

@@ -272,3 +272,14 @@ def test_melody_kind(tmp_path):
     assert M.melody_kind("a.flac") == "audio" and M.melody_kind("a.xyz", "csv") == "csv"
     with pytest.raises(AlignSTSError, match="--melody-type"):
         M.melody_kind("a.xyz")
+
+
+def test_a_legato_glide_is_not_a_note():
+    # 62 -> 66 with a 60 ms glide through 64 (what a tracker reports for a singer's slide): two notes.
+    seg = np.r_[np.full(50, 62.0), np.linspace(62, 66, 8)[1:-1], np.full(50, 66.0)]
+    notes = M.notes_from_contour(M.midi_to_hz(seg), 0.01)
+    assert [round(n.pitch) for n in notes] == [62, 66]
+    assert abs(notes[1].start - 0.5) < 0.04
+    # a 100 ms note between two others is a note
+    run = np.r_[np.full(30, 60.0), np.full(10, 64.0), np.full(30, 67.0)]
+    assert [round(n.pitch) for n in M.notes_from_contour(M.midi_to_hz(run), 0.01)] == [60, 64, 67]

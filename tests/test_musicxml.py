@@ -68,3 +68,16 @@ def test_musicxml_mistakes(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "music21", None)
     with pytest.raises(AlignSTSError, match=r"pip install 'alignsts\[musicxml\]'"):
         load_melody(path)
+
+
+def test_inspect_lists_the_parts_of_a_score(tmp_path):
+    import subprocess
+    import sys
+
+    song = score(tmp_path / "song.musicxml")
+    proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "inspect", str(song)], capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "150"})
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "Voice" in line or "Piano" in line]
+    assert len(rows) == 2 and "<- sung" in rows[0] and "Voice" in rows[0] and "Piano" in rows[1]
+    assert "G4-F5" in rows[0]

@@ -164,4 +164,4 @@ def test_inspect_lists_every_part_and_convert_says_a_close_call(tmp_path):
     proc = run("convert", EXAMPLES / "speech.wav", "-m", close, "-o", tmp_path / "o.wav", "--exact-octave")
     assert proc.returncode == 0 and proc.stderr.startswith("note: close.mid: sang track 2 (channel 2)"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert "reads MIDI files" in run("inspect", EXAMPLES / "speech.wav").stderr
+    assert "inspect reads scores" in run("inspect", EXAMPLES / "speech.wav").stderr

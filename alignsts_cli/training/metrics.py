@@ -83,6 +83,33 @@ def raw_chroma_accuracy(ref_f0: np.ndarray, est_f0: np.ndarray, cents: float = R
     return float(np.sum(both & (chroma < cents)) / np.sum(ref_v))
 
 
+def tracker_scores(true_f0: np.ndarray, est_f0: np.ndarray, edge: int = 3, cents: float = 50.0) -> dict:
+    """How well a pitch tracker's ``est_f0`` follows a known ``true_f0`` (both ``[T]`` Hz on one grid, 0 =
+    unvoiced), frames within ``edge`` of a voicing change left out (where "voiced" is a matter of taste):
+
+    ``raw_pitch`` share of true voiced frames the estimate calls voiced within ``cents`` (mir_eval's raw
+    pitch accuracy); ``octave_errors`` share within ``cents`` of twice or half the truth; ``recall`` share
+    called voiced; ``false_alarm`` share of true unvoiced frames called voiced; ``frames``/``rests``: how
+    many voiced and unvoiced frames were judged.
+    """
+    n = min(len(true_f0), len(est_f0))
+    ref, est = np.asarray(true_f0[:n], float), np.asarray(est_f0[:n], float)
+    on = ref > 0
+    change = np.flatnonzero(np.diff(on.astype(np.int8)))
+    keep = np.ones(n, bool)
+    for c in change:
+        keep[max(0, c - edge + 1):c + edge + 1] = False
+    voiced, rest = on & keep, ~on & keep
+    d = 1200.0 * np.log2(np.where(est > 0, est, 1.0) / np.where(on, ref, 1.0))
+    hit = voiced & (est > 0)
+    good = hit & (np.abs(d) <= cents)
+    octave = hit & (np.abs(np.abs(d) - 1200.0) <= cents)
+    v = max(1, int(voiced.sum()))
+    return {"raw_pitch": float(good.sum() / v), "octave_errors": float(octave.sum() / v),
+            "recall": float(hit.sum() / v), "false_alarm": float((rest & (est > 0)).sum() / max(1, int(rest.sum()))),
+            "frames": int(voiced.sum()), "rests": int(rest.sum())}
+
+
 def judged_frames(melody, edge: float = MELODY_EDGE) -> np.ndarray:
     """``[T]`` bool on the melody's grid: voiced frames inside a note, at least ``edge`` seconds from
     its start and end (a contour without notes: every voiced frame)."""
