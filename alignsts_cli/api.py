@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from alignsts_cli.errors import AlignSTSError
-from alignsts_cli.melody import HOP, Melody, hz_to_midi, midi_to_hz
+from alignsts_cli.melody import HOP, REFERENCE_F0_METHOD, Melody, hz_to_midi, midi_to_hz
 from alignsts_cli.runtime import check_device, check_precision, set_threads
 from alignsts_cli.voices import import_checkpoint
 
@@ -47,7 +47,7 @@ class MelodyOptions:
     tempo: float = 1.0  # 2.0 = twice as fast
     auto_key: bool = False  # always move by octaves to the speaker's singing point
     exact_octave: bool = False  # never move by octaves (by default a melody far from the voice is moved)
-    f0_method: str = "swift"  # pitch tracker for reference singing: swift | praat (melody.F0_METHODS)
+    f0_method: str = REFERENCE_F0_METHOD  # pitch tracker for reference singing: swift | praat (melody.F0_METHODS)
 
 
 @dataclass
@@ -375,7 +375,7 @@ def extract_f0_file(
     hop: float = HOP,
     floor: float | None = None,
     ceiling: float | None = None,
-    method: str = "swift",
+    method: str = REFERENCE_F0_METHOD,
     midi: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     overwrite: bool = False,
