@@ -111,13 +111,19 @@ class Converter:
     ``engine``: auto (= :data:`AUTO_ENGINE`) | psola | alignsts; ``model``: a voice-model folder for the neural engine
     (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda; ``precision``: auto
     (bfloat16 vocoder on CPUs that compute it natively) | float32; ``threads``: torch CPU threads
-    (default: torch's choice, one per physical core).
+    (default: torch's choice, one per physical core); ``timbre``: restore (the speech's own average envelope
+    on the song, :mod:`alignsts_cli.timbre`) | model (the voice model's alone).
     """
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
-                 precision: str = "auto", threads: int | None = None):
+                 precision: str = "auto", threads: int | None = None, timbre: str = "restore"):
+        from alignsts_cli.engines.alignsts import TIMBRE_MODES
+
         check_device(device)
         check_precision(precision)
+        if timbre not in TIMBRE_MODES:
+            raise AlignSTSError(f"--timbre {timbre}: use one of {', '.join(TIMBRE_MODES)}")
+        self._timbre = timbre
         set_threads(threads)
         self.engine = resolve_engine(engine, model, cache_dir)
         self._model, self._device, self._cache_dir = model, device, cache_dir
@@ -131,7 +137,7 @@ class Converter:
             from alignsts_cli.voices import locate
 
             self._neural = NeuralEngine(locate(self._model, cache_dir=self._cache_dir), self._device,
-                                        precision=self._precision)
+                                        precision=self._precision, timbre=self._timbre)
         return self._neural
 
     def describe(self) -> str:

@@ -146,6 +146,10 @@ Precision = Annotated[str, typer.Option(
     help="auto (bfloat16 vocoder on CPUs that compute it natively: about twice as fast, same quality as "
     "measured) or float32 (every stage in float32)."
 )]
+Timbre = Annotated[str, typer.Option(
+    help="restore (give the song the speech's own average spectral envelope) or model (the voice model's timbre "
+    "alone); for the AlignSTS engine."
+)]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the AlignSTS engine \\[default: one per core].")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed of the AlignSTS engine's sampling \\[default: 0].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -170,6 +174,7 @@ def convert(
     model: Model = None,
     device: Device = "auto",
     precision: Precision = "auto",
+    timbre: Timbre = "restore",
     threads: Threads = None,
     seed: Seed = None,
     track: Track = None,
@@ -198,7 +203,8 @@ def convert(
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
         exact_octave=exact_octave, f0_method=f0_method,
     )
-    converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
+    converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
+                              timbre=timbre)
     with _stages("loading", 22) as show:
         result = converter.convert(
             speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
@@ -237,6 +243,7 @@ def batch(
     model: Model = None,
     device: Device = "auto",
     precision: Precision = "auto",
+    timbre: Timbre = "restore",
     threads: Threads = None,
     seed: Seed = None,
     track: Track = None,
@@ -262,7 +269,8 @@ def batch(
     if output_dir is None:
         base = folder.expanduser().resolve()
         output_dir = base.parent / f"{base.name}-sung"
-    converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads)
+    converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
+                              timbre=timbre)
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
@@ -490,10 +498,11 @@ def prepare(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder: manifest.csv / manifest.json, or a GTSinger tree.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Cache folder to write; an interrupted run resumes.")],
     profile: Annotated[str, typer.Option(help="Audio profile: compact-16k or official-24k.")] = "compact-16k",
-    content: Annotated[str, typer.Option(help="Content features: mfcc (offline) or wav2vec2-ctc.")] = "mfcc",
-    content_dim: Annotated[
-        Optional[int], typer.Option(help="Content feature size (default: 20 for mfcc, 32 for wav2vec2-ctc).")
-    ] = None,
+    content: Annotated[str, typer.Option(
+        help="Content features: mfcc (offline), phones (offline: the bundled phone recogniser's posteriorgram) "
+        "or wav2vec2-ctc.")] = "mfcc",
+    content_dim: Annotated[Optional[int], typer.Option(
+        help="Content feature size (default: 20 for mfcc, 41 for phones, 32 for wav2vec2-ctc).")] = None,
     valid_fraction: Annotated[float, typer.Option(help="Share of items for validation.")] = 0.1,
     test_fraction: Annotated[
         float, typer.Option(help="Share of items held out for testing (unseen speakers and songs).")
@@ -505,7 +514,7 @@ def prepare(
     from alignsts_cli.training import cache as prepared
     from alignsts_cli.runtime import pick_device
 
-    dim = content_dim if content_dim is not None else (32 if content == "wav2vec2-ctc" else 20)
+    dim = content_dim if content_dim is not None else {"wav2vec2-ctc": 32, "phones": 41}.get(content, 20)
     content_model = None
     if content == "wav2vec2-ctc":
         from alignsts_cli.voices import content_model as wav2vec2_folder
@@ -625,6 +634,7 @@ def evaluate(
     ] = "compact-16k",
     device: Device = "auto",
     precision: Precision = "auto",
+    timbre: Timbre = "restore",
     threads: Threads = None,
     seed: Seed = None,
     overwrite: Overwrite = False,

@@ -24,6 +24,9 @@ from alignsts_cli.melody import Melody
 from alignsts_cli.runtime import pick_device, use_bf16_vocoder
 from alignsts_cli.voices import VoiceModel
 
+#: How the song gets the speaker's timbre: "restore" adds the speech's average mel envelope to the model's
+#: mel (:mod:`alignsts_cli.timbre`); "model" leaves it to the model's speaker embedding alone.
+TIMBRE_MODES = ("restore", "model")
 #: Longest stretch of melody converted at once, seconds.
 MAX_CHUNK_SECONDS = 16.0
 #: Cross-fade between chunks, seconds.
@@ -111,6 +114,7 @@ class SongPlan:
     f0: np.ndarray  # [frames] target F0 of the whole song on the mel grid
     frames: int
     gen: object  # the torch.Generator the vocoder's noise is drawn from, after the chunks' draws
+    speech_envelope: np.ndarray | None = None  # [n_mels] mean log-mel of the speech's voiced frames
 
 
 @dataclass
@@ -129,7 +133,7 @@ class NeuralEngine:
     """The loaded AlignSTS voice: build once, ``sing()`` many times (a batch reuses it)."""
 
     def __init__(self, voice: VoiceModel, device: str = "auto", pitch_correct: bool | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", timbre: str = "restore"):
         import torch
 
         from alignsts_cli.features import FeatureExtractor
@@ -149,13 +153,16 @@ class NeuralEngine:
                 "profiles; pair them correctly in the voice model"
             )
         self.profile = get_profile(cfg.audio_profile)
-        kind = "mfcc" if cfg.content_kind.startswith("mfcc") else "wav2vec2-ctc"
+        kind = next((k for k in ("mfcc", "phones") if cfg.content_kind.startswith(k)), "wav2vec2-ctc")
         self.features = FeatureExtractor(kind, cfg.content_dim, content_model=voice.content, device=self.device)
         # A vocoder without an F0 input (no NSF source) only hears the pitch through the mel's harmonics, and
         # the pretrained 16 kHz one sings low voices up to half a semitone sharp: such voices get their F0 set
         # to the target by PSOLA after vocoding (a small shift, nearly transparent).
         self.pitch_correct = (not vcfg.nsf) if pitch_correct is None else pitch_correct
         self.batch_size = 4 if self.device == "cuda" else 1  # chunks per acoustic-model call
+        if timbre not in TIMBRE_MODES:
+            raise AlignSTSError(f"unknown timbre mode '{timbre}'; use one of {', '.join(TIMBRE_MODES)}")
+        self.timbre = timbre
         self.torch = torch
 
     def _frames(self, seconds: float) -> int:
@@ -230,7 +237,37 @@ class NeuralEngine:
             phases[:, 0] = 0
             inputs.append(ChunkInput(content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch), speaker))
         timings["content"] += time.perf_counter() - t1
-        return SongPlan(inputs, chunks, melody, f0_full, total_frames, gen)
+        return SongPlan(inputs, chunks, melody, f0_full, total_frames, gen, self._speech_envelope(audio, sr, analysis))
+
+    def _speech_envelope(self, audio: np.ndarray, sr: int, analysis: SpeechAnalysis) -> np.ndarray | None:
+        """Mean log-mel of the speech's loud voiced frames (``timbre.average_envelope``), for ``timbre="restore"``."""
+        if self.timbre != "restore" or analysis.f0 is None:
+            return None
+        from alignsts_cli.analysis import STEP
+        from alignsts_cli.profiles import mel_spectrogram
+        from alignsts_cli.timbre import average_envelope
+
+        p = self.profile
+        mel = mel_spectrogram(resample(audio, sr, p.sample_rate), p)
+        at = np.minimum((np.arange(len(mel)) * p.hop_length / p.sample_rate / STEP).astype(int), len(analysis.f0) - 1)
+        return average_envelope(mel, analysis.f0[at] > 0, p.log_base)
+
+    def _restore_envelope(self, plan: SongPlan, mels: list[np.ndarray]) -> list[np.ndarray]:
+        """The chunks' mels with the speech's average envelope in place of the model's (``alignsts_cli.timbre``)."""
+        from alignsts_cli.timbre import average_envelope, envelope_correction, mel_band_hz
+
+        if plan.speech_envelope is None:
+            return mels
+        p = self.profile
+        song = np.concatenate(mels, axis=0)
+        voiced = np.zeros(len(song), bool)
+        for item, mel in zip(plan.inputs, mels):
+            voiced[item.start:item.start + len(mel)] = item.f0[: len(mel)] > 0
+        song_env = average_envelope(song, voiced, p.log_base)
+        if song_env is None:
+            return mels
+        fix = envelope_correction(plan.speech_envelope, song_env, mel_band_hz(p.n_mels, p.fmin, p.fmax), p.log_base)
+        return [(mel + fix[None]).astype(np.float32) for mel in mels]
 
     def _render(self, plan: SongPlan, outs: list[ChunkOutput], timings: dict) -> NeuralResult:
         """Vocode one song's chunks and join them with cross-fades."""
@@ -238,8 +275,9 @@ class NeuralEngine:
         song = np.zeros(plan.frames * p.hop_length, dtype=np.float32)
         fade = int(CHUNK_XFADE * p.sample_rate)
         last = len(plan.inputs) - 1
-        for k, (item, out) in enumerate(zip(plan.inputs, outs)):
-            wav = self._vocode(out.mel, item.f0, item.phases, plan.gen)
+        mels = self._restore_envelope(plan, [o.mel for o in outs])
+        for k, (item, mel) in enumerate(zip(plan.inputs, mels)):
+            wav = self._vocode(mel, item.f0, item.phases, plan.gen)
             if self.pitch_correct:
                 wav = pitch_correct(wav, p.sample_rate, item.f0, p.hop_length / p.sample_rate)
             pos = item.start * p.hop_length
@@ -250,7 +288,7 @@ class NeuralEngine:
         song = song[:n_out] if len(song) >= n_out else np.pad(song, (0, n_out - len(song)))
         attn = max((o.attention for o in outs), key=lambda a: a.shape[0])
         codes = None if outs[0].codes is None else np.concatenate([o.codes for o in outs], axis=0)
-        mel = np.concatenate([o.mel for o in outs], axis=0)
+        mel = np.concatenate(mels, axis=0)
         return NeuralResult(song, p.sample_rate, mel, plan.f0, attn, codes, plan.chunks, timings)
 
     def _source_rhythm(self, audio: np.ndarray, sr: int, ch: Chunk):

@@ -17,7 +17,8 @@ Systems are written ``NAME[:PATH]``:
 ``alignsts[:FOLDER]``       a voice model (``acoustic/`` + ``vocoder/``, or an imported name; none: the
                             voice ``--engine alignsts`` uses: an imported one, else the bundled); any name
                             starting with ``alignsts`` works the same way and labels the column, for
-                            ablations: ``alignsts-noRA:runs/noRA/voice``.
+                            ablations: ``alignsts-noRA:runs/noRA/voice``; a name ending in
+                            ``-model-timbre`` runs without envelope restoration (``timbre="model"``).
 
 How everything is scored (the same for every system):
 
@@ -65,6 +66,7 @@ class SystemSpec:
     name: str  # column label and output folder: "psola", "alignsts-noRA"
     kind: str  # one of SYSTEM_KINDS
     path: str | None = None  # vocoder folder (ground-truth) or voice model (alignsts)
+    timbre: str = "restore"  # the neural engine's timbre mode (engines.alignsts.TIMBRE_MODES)
 
 
 def parse_system(spec: str) -> SystemSpec:
@@ -86,7 +88,8 @@ def parse_system(spec: str) -> SystemSpec:
         raise AlignSTSError(
             f"--system {spec}: unknown system; use ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE]"
         )
-    return SystemSpec(name, kind, path)
+    timbre = "model" if kind == "alignsts" and low.endswith("-model-timbre") else "restore"
+    return SystemSpec(name, kind, path, timbre)
 
 
 def _parse_systems(systems: Iterable[str | SystemSpec]) -> list[SystemSpec]:
@@ -221,7 +224,7 @@ class _Systems:
             from alignsts_cli.engines.alignsts import NeuralEngine
             from alignsts_cli.voices import locate
 
-            obj = NeuralEngine(locate(spec.path), self.device, precision=self.precision)
+            obj = NeuralEngine(locate(spec.path), self.device, precision=self.precision, timbre=spec.timbre)
             if obj.profile.name != self.profile.name:
                 raise AlignSTSError(
                     f"--system {spec.name}: the voice uses profile {obj.profile.name}, the cache {self.profile.name}; "

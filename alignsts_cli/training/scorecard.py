@@ -472,7 +472,8 @@ def evaluate_speech(
     step("loading the judges", 0.0)
     judges = _Judges(pairs)
     step("loading the systems", 0.0)
-    converters = {s.name: Converter(s.kind, model=s.path, device=device, precision=precision) for s in specs}
+    converters = {s.name: Converter(s.kind, model=s.path, device=device, precision=precision, timbre=s.timbre)
+                  for s in specs}
     for s in specs:
         if s.kind == "alignsts":
             converters[s.name].neural  # a missing voice fails now, before any work
