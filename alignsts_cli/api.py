@@ -111,13 +111,13 @@ class Converter:
     ``engine``: auto (= :data:`AUTO_ENGINE`) | psola | alignsts; ``model``: a voice-model folder for the neural engine
     (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda; ``precision``: auto
     (bfloat16 vocoder on CPUs that compute it natively) | float32; ``threads``: torch CPU threads
-    (default: torch's choice, one per physical core); ``timbre``: restore (the speech's own average envelope
-    on the song, :mod:`alignsts_cli.timbre`) | model (the voice model's alone).
+    (default: torch's choice, one per physical core); ``timbre``: model (the voice model's) | restore (the
+    speech's own average envelope on the song, :mod:`alignsts_cli.timbre`).
     """
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
-                 precision: str = "auto", threads: int | None = None, timbre: str = "restore"):
-        from alignsts_cli.engines.alignsts import TIMBRE_MODES
+                 precision: str = "auto", threads: int | None = None, timbre: str = "model"):
+        from alignsts_cli.engines.alignsts import TIMBRE_MODES  # "model" is its DEFAULT_TIMBRE
 
         check_device(device)
         check_precision(precision)

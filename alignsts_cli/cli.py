@@ -147,8 +147,8 @@ Precision = Annotated[str, typer.Option(
     "measured) or float32 (every stage in float32)."
 )]
 Timbre = Annotated[str, typer.Option(
-    help="restore (give the song the speech's own average spectral envelope) or model (the voice model's timbre "
-    "alone); for the AlignSTS engine."
+    help="model (the voice model's timbre) or restore (move the song's average spectral envelope onto the "
+    "speech's own); for the AlignSTS engine."
 )]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for the AlignSTS engine \\[default: one per core].")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed of the AlignSTS engine's sampling \\[default: 0].")]
@@ -174,7 +174,7 @@ def convert(
     model: Model = None,
     device: Device = "auto",
     precision: Precision = "auto",
-    timbre: Timbre = "restore",
+    timbre: Timbre = "model",
     threads: Threads = None,
     seed: Seed = None,
     track: Track = None,
@@ -243,7 +243,7 @@ def batch(
     model: Model = None,
     device: Device = "auto",
     precision: Precision = "auto",
-    timbre: Timbre = "restore",
+    timbre: Timbre = "model",
     threads: Threads = None,
     seed: Seed = None,
     track: Track = None,
@@ -634,7 +634,6 @@ def evaluate(
     ] = "compact-16k",
     device: Device = "auto",
     precision: Precision = "auto",
-    timbre: Timbre = "restore",
     threads: Threads = None,
     seed: Seed = None,
     overwrite: Overwrite = False,

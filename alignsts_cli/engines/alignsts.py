@@ -24,9 +24,11 @@ from alignsts_cli.melody import Melody
 from alignsts_cli.runtime import pick_device, use_bf16_vocoder
 from alignsts_cli.voices import VoiceModel
 
-#: How the song gets the speaker's timbre: "restore" adds the speech's average mel envelope to the model's
-#: mel (:mod:`alignsts_cli.timbre`); "model" leaves it to the model's speaker embedding alone.
-TIMBRE_MODES = ("restore", "model")
+#: How the song gets the speaker's timbre: "model" leaves it to the model's speaker embedding; "restore" adds
+#: the difference between the speech's and the song's average mel envelopes (:mod:`alignsts_cli.timbre`).
+#: "model" is the default because the real-speech scorecard ranks it first for the bundled voice (README).
+TIMBRE_MODES = ("model", "restore")
+DEFAULT_TIMBRE = "model"
 #: Longest stretch of melody converted at once, seconds.
 MAX_CHUNK_SECONDS = 16.0
 #: Cross-fade between chunks, seconds.
@@ -133,7 +135,7 @@ class NeuralEngine:
     """The loaded AlignSTS voice: build once, ``sing()`` many times (a batch reuses it)."""
 
     def __init__(self, voice: VoiceModel, device: str = "auto", pitch_correct: bool | None = None,
-                 precision: str = "auto", timbre: str = "restore"):
+                 precision: str = "auto", timbre: str = DEFAULT_TIMBRE):
         import torch
 
         from alignsts_cli.features import FeatureExtractor

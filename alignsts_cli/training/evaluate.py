@@ -18,7 +18,7 @@ Systems are written ``NAME[:PATH]``:
                             voice ``--engine alignsts`` uses: an imported one, else the bundled); any name
                             starting with ``alignsts`` works the same way and labels the column, for
                             ablations: ``alignsts-noRA:runs/noRA/voice``; a name ending in
-                            ``-model-timbre`` runs without envelope restoration (``timbre="model"``).
+                            ``-timbre-restore`` (or ``-timbre-model``) sets the engine's timbre mode.
 
 How everything is scored (the same for every system):
 
@@ -45,6 +45,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from alignsts_cli.engines.alignsts import DEFAULT_TIMBRE, TIMBRE_MODES
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.training.cache import Cache, read_cache
 
@@ -66,7 +67,7 @@ class SystemSpec:
     name: str  # column label and output folder: "psola", "alignsts-noRA"
     kind: str  # one of SYSTEM_KINDS
     path: str | None = None  # vocoder folder (ground-truth) or voice model (alignsts)
-    timbre: str = "restore"  # the neural engine's timbre mode (engines.alignsts.TIMBRE_MODES)
+    timbre: str = DEFAULT_TIMBRE  # the neural engine's timbre mode (engines.alignsts.TIMBRE_MODES)
 
 
 def parse_system(spec: str) -> SystemSpec:
@@ -88,7 +89,7 @@ def parse_system(spec: str) -> SystemSpec:
         raise AlignSTSError(
             f"--system {spec}: unknown system; use ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE]"
         )
-    timbre = "model" if kind == "alignsts" and low.endswith("-model-timbre") else "restore"
+    timbre = next((m for m in TIMBRE_MODES if kind == "alignsts" and low.endswith(f"-timbre-{m}")), DEFAULT_TIMBRE)
     return SystemSpec(name, kind, path, timbre)
 
 
