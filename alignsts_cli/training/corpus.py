@@ -77,8 +77,8 @@ BATCH_ITEMS = 12
 #: Loudness of every file: RMS level in dBFS (peaks are kept below 0.95).
 TARGET_DBFS = -20.0
 #: Install hint shown when Festival or its voices are missing.
-INSTALL_HINT = ("run `bash scripts/install-festival.sh` "
-                "(Debian/Ubuntu: apt-get install festival festvox-kallpc16k festvox-kdlpc16k)")
+INSTALL_HINT = ("run `bash scripts/install-festival.sh` (Debian/Ubuntu: apt-get install festival festvox-kallpc16k "
+                "festvox-kdlpc16k festvox-us-slt-hts flite)")
 
 SINGING_SCM = Path(__file__).with_name("corpus_data") / "singing-mode.scm"
 

@@ -43,8 +43,7 @@ from alignsts_cli.model.phones import HOP, SAMPLE_RATE, log_mel, phone_index
 from alignsts_cli.training import corpus
 
 LEXICON = Path("/usr/share/festival/dicts/cmu/cmudict-0.4.out")
-INSTALL_HINT = "run `bash scripts/install-festival.sh` (Debian/Ubuntu: apt-get install flite festival " \
-               "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)"
+INSTALL_HINT = corpus.INSTALL_HINT
 
 
 @dataclass(frozen=True)
