@@ -268,8 +268,10 @@ def _featurise(job) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- the data
 
 def make_data(work: Path, *, n_random: int = 400, variants: int = 2, seed: int = 0, workers: int = 2,
-              voices: tuple[PhoneVoice, ...] = VOICES, log=print) -> Path:
-    """Speak, perturb and featurise; write ``work/phones-data.npz`` (train and test sets) and return it."""
+              voices: tuple[PhoneVoice, ...] = VOICES, perturbed: bool = True, log=print) -> Path:
+    """Speak, perturb and featurise; write ``work/phones-data.npz`` (train and test sets) and return it.
+
+    ``perturbed=False`` leaves the training items clean (the ablation; the test set is perturbed as always)."""
     work.mkdir(parents=True, exist_ok=True)
     split = sentence_split(n_random, seed)
     rng = np.random.default_rng(seed + 1)
@@ -285,7 +287,7 @@ def make_data(work: Path, *, n_random: int = 400, variants: int = 2, seed: int =
                     if part == "train":
                         for _ in range(variants):
                             kinds = list(rng.choice(PERTURBATIONS[1:], size=int(rng.integers(1, 4)), replace=False))
-                            if rng.random() < 0.15:
+                            if rng.random() < 0.15 or not perturbed:
                                 kinds = []
                             order = [k for k in PERTURBATIONS if k in kinds]  # voice first, channel last
                             jobs[part].append((audio, labels, order, int(rng.integers(1 << 31))))
@@ -514,6 +516,7 @@ def main(argv=None) -> None:
     a.add_argument("--random-sentences", type=int, default=400)
     a.add_argument("--variants", type=int, default=2)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--no-perturbations", action="store_true", help="clean training items (the ablation)")
     b = sub.add_parser("train")
     b.add_argument("work", type=Path)
     b.add_argument("-o", "--out", type=Path, required=True)
@@ -524,7 +527,8 @@ def main(argv=None) -> None:
     c.add_argument("--model", type=Path, required=True)
     args = p.parse_args(argv)
     if args.cmd == "data":
-        make_data(args.work, n_random=args.random_sentences, variants=args.variants, seed=args.seed)
+        make_data(args.work, n_random=args.random_sentences, variants=args.variants, seed=args.seed,
+                  perturbed=not args.no_perturbations)
     elif args.cmd == "train":
         print(json.dumps(train(args.work / "phones-data.npz", args.out, minutes=args.minutes, seed=args.seed)))
     else:
