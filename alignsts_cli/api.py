@@ -117,13 +117,11 @@ class Converter:
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
                  precision: str = "auto", threads: int | None = None, timbre: str = "model"):
-        from alignsts_cli.engines.alignsts import TIMBRE_MODES  # "model" is its DEFAULT_TIMBRE
+        from alignsts_cli.engines.alignsts import check_timbre  # "model" is its DEFAULT_TIMBRE
 
         check_device(device)
         check_precision(precision)
-        if timbre not in TIMBRE_MODES:
-            raise AlignSTSError(f"--timbre {timbre}: use one of {', '.join(TIMBRE_MODES)}")
-        self._timbre = timbre
+        self._timbre = check_timbre(timbre)
         set_threads(threads)
         self.engine = resolve_engine(engine, model, cache_dir)
         self._model, self._device, self._cache_dir = model, device, cache_dir

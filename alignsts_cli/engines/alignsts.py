@@ -29,6 +29,13 @@ from alignsts_cli.voices import VoiceModel
 #: "model" is the default because the real-speech scorecard ranks it first for the bundled voice (README).
 TIMBRE_MODES = ("model", "restore")
 DEFAULT_TIMBRE = "model"
+
+
+def check_timbre(mode: str) -> str:
+    """``mode`` if it is one of ``TIMBRE_MODES``, else the user error naming the option."""
+    if mode not in TIMBRE_MODES:
+        raise AlignSTSError(f"--timbre {mode}: use one of {', '.join(TIMBRE_MODES)}")
+    return mode
 #: Longest stretch of melody converted at once, seconds.
 MAX_CHUNK_SECONDS = 16.0
 #: Cross-fade between chunks, seconds.
@@ -162,9 +169,7 @@ class NeuralEngine:
         # to the target by PSOLA after vocoding (a small shift, nearly transparent).
         self.pitch_correct = (not vcfg.nsf) if pitch_correct is None else pitch_correct
         self.batch_size = 4 if self.device == "cuda" else 1  # chunks per acoustic-model call
-        if timbre not in TIMBRE_MODES:
-            raise AlignSTSError(f"unknown timbre mode '{timbre}'; use one of {', '.join(TIMBRE_MODES)}")
-        self.timbre = timbre
+        self.timbre = check_timbre(timbre)
         self.torch = torch
 
     def _frames(self, seconds: float) -> int:
