@@ -18,18 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alignsts_cli.analysis import STEP, SpeechAnalysis, Syllable, analyse_speech, assign_syllables
+from alignsts_cli.analysis import STEP, SpeechAnalysis, analyse_speech, assign_syllables
 from alignsts_cli.audio import fade_envelope
-from alignsts_cli.melody import Melody, Note, midi_to_hz
+from alignsts_cli.engines.timing import MARGIN, fill_holes, group_spans, rest_gate, time_map, vibrato_cents
+from alignsts_cli.melody import Melody, midi_to_hz
 
-#: Longest stretch of consonant kept on either side of a core, seconds (longer ones are compressed).
-MAX_CONSONANT = 0.08
-#: ... and at most this fraction of the group's output length (short notes, short consonants).
-CONSONANT_SHARE = 0.08
 #: Cross-fade between consecutive syllable groups, seconds.
 GROUP_XFADE = 0.01
-#: Margin of input audio analysed around each group, seconds.
-MARGIN = 0.04
+
 
 
 @dataclass
@@ -40,31 +36,6 @@ class PsolaSettings:
 
 
 # --------------------------------------------------------------------------- synthesis
-
-def consonant_cap(out_len: float) -> float:
-    """Longest consonant (either side of a vowel core) in a group sung for ``out_len`` seconds."""
-    return min(MAX_CONSONANT, CONSONANT_SHARE * out_len)
-
-
-def _pieces(sylls: list[Syllable], out_len: float) -> list[tuple[float, float, float]]:
-    """(input start, input end, output length) of each onset / core / coda piece of a group."""
-    cap = consonant_cap(out_len)
-    cons = []
-    for s in sylls:
-        cons += [min(s.onset, cap), min(s.coda, cap)]
-    c_total = sum(cons)
-    if c_total > 0.5 * out_len:  # short notes: consonants give up time too
-        cons = [c * 0.5 * out_len / c_total for c in cons]
-        c_total = 0.5 * out_len
-    cores = np.array([s.core_end - s.core_start for s in sylls])
-    core_out = (out_len - c_total) * cores / cores.sum()
-    out = []
-    for k, s in enumerate(sylls):
-        out.append((s.start, s.core_start, cons[2 * k]))
-        out.append((s.core_start, s.core_end, float(core_out[k])))
-        out.append((s.core_end, s.end, cons[2 * k + 1]))
-    return out
-
 
 def _tiers(knots_in: np.ndarray, knots_out: np.ndarray):
     """Duration-tier points (time, relative duration) for a piecewise-linear time map."""
@@ -113,12 +84,12 @@ def _sing(audio, sr, melody, settings, analysis, progress, groups) -> tuple[np.n
     n_out = int(round(melody.duration * sr))
     out = np.zeros(n_out + int(sr * (MARGIN + GROUP_XFADE)) * 2, dtype=np.float64)
     offset = int(sr * (MARGIN + GROUP_XFADE))  # out[offset + k] is output sample k
-    spans = _group_spans(groups, sylls, notes)
+    spans = group_spans(groups, sylls, notes)
     for gi, (s_idx, n_idx) in enumerate(groups):
         o0, o1 = spans[gi]
         if o1 - o0 >= 0.02:
             g_sylls = [sylls[k] for k in s_idx]
-            kin, kout = _time_map(g_sylls, o0, o1, len(audio) / sr)
+            kin, kout = time_map(g_sylls, o0, o1, len(audio) / sr)
             res = _resynthesise(audio, sr, kin, kout, melody, n_idx, analysis, settings)
             _place(out, offset, res, sr, kout, melody, n_idx)
         if progress:
@@ -132,43 +103,6 @@ def _sing(audio, sr, melody, settings, analysis, progress, groups) -> tuple[np.n
         "voiced_fraction": float((melody.f0 > 0).mean()),
     }
     return song, info
-
-
-def _group_spans(groups, sylls: list[Syllable], notes: list[Note]) -> list[list[float]]:
-    """Output span [start, end] (seconds of the song) of each group: its notes, led in by the onset consonant."""
-    spans = []
-    for gi, (s_idx, n_idx) in enumerate(groups):
-        start, end = notes[n_idx[0]].start, notes[n_idx[-1]].end
-        lead = min(sylls[s_idx[0]].onset, consonant_cap(end - start))
-        prev_end = notes[groups[gi - 1][1][-1]].end if gi else 0.0
-        prev_start = notes[groups[gi - 1][1][0]].start if gi else 0.0
-        room = (start - prev_end) + 0.3 * max(0.0, prev_end - prev_start) if gi else start
-        spans.append([start - min(lead, max(room, 0.0)), end])
-    for gi in range(len(spans) - 1):  # a lead cuts the tail of the group before it
-        spans[gi][1] = min(spans[gi][1], spans[gi + 1][0])
-    return spans
-
-
-def _time_map(g_sylls: list[Syllable], o0: float, o1: float, speech_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """Knots of one group's piecewise-linear time map: (speech seconds ``[K]``, song seconds ``[K]``).
-
-    The first and last knots add ``MARGIN`` of speech around the group (cut off again when placing it).
-    """
-    pieces = _pieces(g_sylls, o1 - o0)
-    x0 = max(0.0, g_sylls[0].start - MARGIN)
-    x1 = min(speech_seconds, g_sylls[-1].end + MARGIN)
-    kin = [x0, g_sylls[0].start]
-    kout = [o0 - (g_sylls[0].start - x0), o0]
-    for a, b, length in pieces:
-        if a > kin[-1] + 1e-6:  # a silent gap inside the group is dropped
-            kin.append(a)
-            kout.append(kout[-1] + 1e-3 * (a - kin[-2]))
-        if b > a:
-            kin.append(b)
-            kout.append(kout[-1] + length)
-    kin.append(x1)
-    kout.append(kout[-1] + (x1 - kin[-2]))
-    return np.array(kin), np.array(kout)
 
 
 def _resynthesise(audio, sr, kin, kout, melody: Melody, n_idx: list[int], analysis: SpeechAnalysis,
@@ -206,9 +140,10 @@ def _resynthesise(audio, sr, kin, kout, melody: Melody, n_idx: list[int], analys
     hold = np.where((hold == 0) & (taus >= notes[n_idx[-1]].end), midi_to_hz(notes[n_idx[-1]].pitch), hold)
     target = np.where(target > 0, target, hold)
     if np.any(target <= 0):  # rests inside a group: hold the last sung pitch
-        target = _fill_holes(target)
+        target = fill_holes(target)
     if settings.vibrato_cents > 0:
-        target = target * _vibrato(taus, melody, notes, n_idx, settings)
+        target = target * 2.0 ** (vibrato_cents(taus, notes, n_idx, settings.vibrato_cents, settings.vibrato_rate,
+                                                      settings.vibrato_delay) / 1200.0)
     pt = call("Create PitchTier", "p", 0.0, snd.xmax)
     last_x = -1.0
     for x, f in zip(xs, target):
@@ -228,7 +163,7 @@ def _place(out: np.ndarray, offset: int, res: np.ndarray, sr: int, kout: np.ndar
     piece = res[ia:ib]
     # Rests inside a group stay silent.
     pt_times = kout[0] + (ia + np.arange(len(piece))) / sr
-    piece = piece * _gate(pt_times, melody, melody.notes, n_idx, sr)
+    piece = piece * rest_gate(pt_times, melody.notes, n_idx)
     fade = max(1, int(GROUP_XFADE * sr))
     env = fade_envelope(len(piece), min(fade, len(piece) // 2), dtype=np.float64)
     pos = offset + int(round((kout[0] + ia / sr) * sr))
@@ -237,35 +172,3 @@ def _place(out: np.ndarray, offset: int, res: np.ndarray, sr: int, kout: np.ndar
         out[lo:hi] += (piece * env)[lo - pos:hi - pos]
 
 
-def _fill_holes(f: np.ndarray) -> np.ndarray:
-    idx = np.nonzero(f > 0)[0]
-    if len(idx) == 0:
-        return f
-    return np.interp(np.arange(len(f)), idx, f[idx])
-
-
-def _vibrato(taus, melody: Melody, notes: list[Note], n_idx: list[int], s: PsolaSettings) -> np.ndarray:
-    """Pitch factor ``[len(taus)]`` of a vibrato that fades in within each note."""
-    factor = np.ones(len(taus))
-    for k in n_idx:
-        n = notes[k]
-        sel = (taus >= n.start) & (taus < n.end)
-        age = taus[sel] - n.start - s.vibrato_delay
-        depth = s.vibrato_cents * np.clip(age / 0.2, 0.0, 1.0)
-        factor[sel] = 2.0 ** (depth * np.sin(2 * np.pi * s.vibrato_rate * np.maximum(age, 0.0)) / 1200.0)
-    return factor
-
-
-def _gate(times: np.ndarray, melody: Melody, notes: list[Note], n_idx: list[int], sr: int) -> np.ndarray:
-    """1 where the group should sound, 0 in rests between its notes (15 ms ramps)."""
-    g = np.ones(len(times))
-    ramp = 0.015
-    for a, b in zip(n_idx[:-1], n_idx[1:]):
-        r0, r1 = notes[a].end, notes[b].start
-        if r1 - r0 < 0.05:
-            continue
-        down = np.clip((times - r0) / ramp, 0, 1)
-        up = np.clip((r1 - times) / ramp, 0, 1)
-        inside = (times > r0) & (times < r1)
-        g[inside] = np.minimum(g[inside], 1 - np.minimum(down[inside], up[inside]))
-    return g
