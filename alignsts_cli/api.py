@@ -22,7 +22,9 @@ from alignsts_cli.voices import import_checkpoint
 __all__ = ["Converter", "ConversionResult", "F0Result", "MelodyOptions", "convert", "extract_f0_file",
            "import_checkpoint", "inspect_melody", "prepare_for_voice", "resolve_engine"]
 
-ENGINES = ("auto", "psola", "alignsts")
+ENGINES = ("auto", "psola", "world", "alignsts")
+#: The engines that need no model weights (signal processing on the speech itself).
+SIGNAL_ENGINES = ("psola", "world")
 #: What ``--engine auto`` runs: the engine that scored best on the real-speech development set, words and
 #: voice first (``alignsts evaluate --pairs benchmarks/devset-pairs.csv``; the table is in the README).
 #: Change it only with a scorecard that says so.
@@ -108,15 +110,17 @@ def prepare_for_voice(melody: Melody, options: MelodyOptions, speech_median_hz: 
 class Converter:
     """Engines loaded once, for one conversion or a whole batch.
 
-    ``engine``: auto (= :data:`AUTO_ENGINE`) | psola | alignsts; ``model``: a voice-model folder for the neural engine
+    ``engine``: auto (= :data:`AUTO_ENGINE`) | psola | world | alignsts; ``model``: a voice-model folder for the neural engine
     (default: an imported one, else weights.lock's); ``device``: auto | cpu | cuda; ``precision``: auto
     (bfloat16 vocoder on CPUs that compute it natively) | float32; ``threads``: torch CPU threads
     (default: torch's choice, one per physical core); ``timbre``: model (the voice model's) | restore (the
-    speech's own average envelope on the song, :mod:`alignsts_cli.timbre`).
+    speech's own average envelope on the song, :mod:`alignsts_cli.timbre`); ``portamento`` (seconds of glide
+    between notes) and ``formant_shift`` (semitones): the world engine's (:mod:`alignsts_cli.engines.world`).
     """
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
-                 precision: str = "auto", threads: int | None = None, timbre: str = "model"):
+                 precision: str = "auto", threads: int | None = None, timbre: str = "model",
+                 portamento: float = 0.0, formant_shift: float = 0.0):
         from alignsts_cli.engines.alignsts import check_timbre  # "model" is its DEFAULT_TIMBRE
 
         check_device(device)
@@ -124,9 +128,19 @@ class Converter:
         self._timbre = check_timbre(timbre)
         set_threads(threads)
         self.engine = resolve_engine(engine, model, cache_dir)
+        self._world = self._world_settings(portamento, formant_shift)
         self._model, self._device, self._cache_dir = model, device, cache_dir
         self._precision = precision
         self._neural = None
+
+    def _world_settings(self, portamento: float, formant_shift: float):
+        from alignsts_cli.engines.world import WorldSettings
+
+        settings = WorldSettings(portamento=portamento, formant_shift=formant_shift).check()
+        if self.engine != "world" and (portamento or formant_shift):
+            asked = "--portamento" if portamento else "--formant-shift"
+            raise AlignSTSError(f"{asked}: only the world engine has it; add --engine world")
+        return settings
 
     @property
     def neural(self):
@@ -140,8 +154,8 @@ class Converter:
 
     def describe(self) -> str:
         """The engine and, for the neural one, the device it runs on."""
-        if self.engine == "psola":
-            return "psola engine (CPU)"
+        if self.engine in SIGNAL_ENGINES:
+            return f"{self.engine} engine (CPU)"
         from alignsts_cli.runtime import describe_device
 
         return f"AlignSTS engine on {describe_device(self.neural.device, self.neural.vocoder_bf16)} ({self.neural.voice.source})"
@@ -153,7 +167,7 @@ class Converter:
         output: str | os.PathLike,
         *,
         melody_options: MelodyOptions | None = None,
-        vibrato: float = 0.0,
+        vibrato: float | None = None,
         seed: int | None = None,
         plot: str | os.PathLike | None = None,
         overwrite: bool = False,
@@ -171,9 +185,9 @@ class Converter:
                                    progress=lambda frac: step("singing (AlignSTS)", 0.2 + 0.7 * frac),
                                    groups=job.groups)
             return self._finish(job, res, step)
-        return self._finish(job, self._psola(job, vibrato, step), step)
+        return self._finish(job, self._signal(job, vibrato, step), step)
 
-    def convert_many(self, jobs, *, melody_options: MelodyOptions | None = None, vibrato: float = 0.0,
+    def convert_many(self, jobs, *, melody_options: MelodyOptions | None = None, vibrato: float | None = None,
                      seed: int | None = None, overwrite: bool = False):
         """Convert ``jobs`` = [(speech, melody, output)]; yields (job, ConversionResult or the exception).
 
@@ -195,7 +209,7 @@ class Converter:
                 continue
             if self.engine != "alignsts":
                 for job, prep in ready:
-                    yield job, self._safely(lambda: self._finish(prep, self._psola(prep, vibrato, quiet), quiet))
+                    yield job, self._safely(lambda: self._finish(prep, self._signal(prep, vibrato, quiet), quiet))
                 continue
             results = self._safely(lambda: self.neural.sing_many(
                 [(p.audio, p.sr, p.target, p.analysis, 0 if seed is None else seed) for _, p in ready]))
@@ -270,16 +284,24 @@ class Converter:
                        speech=Path(speech).name, melody=Path(melody).name)
         return job
 
-    def _psola(self, job: "_Job", vibrato: float, step):
-        from alignsts_cli.engines import psola
+    def _signal(self, job: "_Job", vibrato: float | None, step):
+        """Sing with a signal engine (psola, world); ``vibrato`` None is the engine's default."""
+        from dataclasses import replace
 
-        step("singing (psola)", 0.2)
-        return self._time(job, "psola", lambda: psola.sing(
-            job.audio, job.sr, job.target, psola.PsolaSettings(vibrato_cents=vibrato), analysis=job.analysis,
-            progress=lambda done, total: step("singing (psola)", 0.2 + 0.7 * done / total), groups=job.groups))
+        from alignsts_cli.engines import psola, world
+
+        label = f"singing ({self.engine})"
+        if self.engine == "world":
+            engine, settings = world, replace(self._world, vibrato_cents=vibrato).check()
+        else:
+            engine, settings = psola, psola.PsolaSettings(vibrato_cents=vibrato or 0.0)
+        step(label, 0.2)
+        return self._time(job, self.engine, lambda: engine.sing(
+            job.audio, job.sr, job.target, settings, analysis=job.analysis,
+            progress=lambda done, total: step(label, 0.2 + 0.7 * done / total), groups=job.groups))
 
     def _finish(self, job: "_Job", sung, step) -> ConversionResult:
-        """Write the song (and the plot); ``sung`` is psola's (audio, info) or a NeuralResult."""
+        """Write the song (and the plot); ``sung`` is a signal engine's (audio, info) or a NeuralResult."""
         from alignsts_cli.audio import save_audio
 
         if isinstance(sung, tuple):
@@ -333,7 +355,7 @@ def convert(
     engine: str = "auto",
     model: str | os.PathLike | None = None,
     melody_options: MelodyOptions | None = None,
-    vibrato: float = 0.0,
+    vibrato: float | None = None,
     device: str = "auto",
     precision: str = "auto",
     seed: int | None = None,
@@ -342,6 +364,8 @@ def convert(
     progress: Progress | None = None,
     plan: str | os.PathLike | None = None,
     save_plan: str | os.PathLike | None = None,
+    portamento: float = 0.0,
+    formant_shift: float = 0.0,
 ) -> ConversionResult:
     """Sing the words of ``speech`` to ``melody`` and write the result to ``output``.
 
@@ -349,13 +373,15 @@ def convert(
     (WAV or FLAC by extension) is written atomically; inputs are never overwritten,
     an existing output only with ``overwrite``. ``plot``: a PNG (psola: the target
     melody against the sung F0; AlignSTS: mel, target F0 and attention). ``engine``:
-    auto (:data:`AUTO_ENGINE`: psola, the best on real speech), psola or alignsts;
-    ``device``, ``precision`` and ``seed`` apply to the neural engine (psola is deterministic).
+    auto (:data:`AUTO_ENGINE`, the best on real speech), psola, world or alignsts; ``vibrato``: depth in
+    cents (None: the engine's default, none for psola); ``device``, ``precision`` and ``seed`` apply to the
+    neural engine (the signal engines are deterministic).
     ``save_plan``: also write the syllable-to-note plan (JSON, :mod:`alignsts_cli.plan`); ``plan``: sing an
-    (edited) plan instead of the one made here.
+    (edited) plan instead of the one made here. ``portamento``, ``formant_shift``: see ``Converter``.
     For many files, build one ``Converter`` and call its ``convert``.
     """
-    return Converter(engine, model=model, device=device, precision=precision).convert(
+    return Converter(engine, model=model, device=device, precision=precision, portamento=portamento,
+                     formant_shift=formant_shift).convert(
         speech, melody, output, melody_options=melody_options, vibrato=vibrato, seed=seed, plot=plot,
         overwrite=overwrite, progress=progress, plan=plan, save_plan=save_plan,
     )

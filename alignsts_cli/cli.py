@@ -133,10 +133,17 @@ AutoKey = Annotated[bool, typer.Option("--auto-key", help="Always move the melod
 ExactOctave = Annotated[bool, typer.Option("--exact-octave", help="Sing the melody in the octave it is written in "
                                            "(by default a melody far from the voice is moved by octaves).")]
 Tempo = Annotated[float, typer.Option(help="Tempo factor: 2 = twice as fast, 0.5 = half speed.")]
-Vibrato = Annotated[float, typer.Option(help="Vibrato depth in cents (0 = none; 20-50 sounds natural).")]
+Vibrato = Annotated[Optional[float], typer.Option(
+    help="Vibrato depth in cents (0 = none; 20-50 sounds natural) \\[default: none for psola; for world 30 on "
+    "notes, none on a sung or drawn contour].")]
+Portamento = Annotated[float, typer.Option(
+    help="world engine: seconds of pitch glide into each note that follows another (0 = none, up to 0.5).")]
+FormantShift = Annotated[float, typer.Option(
+    help="world engine: move the formants by this many semitones (+ smaller and brighter, - larger and darker).")]
 Engine = Annotated[str, typer.Option(
-    help="auto (psola: the best on real speech, see the README's scorecard), psola or alignsts (the neural "
-    "engine: an imported model, else the bundled voice)."
+    help="auto (psola: the best on real speech, see the README's scorecard), psola, world (WORLD vocoder with "
+    "sung pitch, timing and spectrum, after Saitou et al.) or alignsts (the neural engine: an imported model, "
+    "else the bundled voice)."
 )]
 Model = Annotated[
     Optional[str], typer.Option(help="AlignSTS voice model: a folder with acoustic/ and vocoder/, or an imported name.")
@@ -187,7 +194,9 @@ def convert(
     auto_key: AutoKey = False,
     exact_octave: ExactOctave = False,
     tempo: Tempo = 1.0,
-    vibrato: Vibrato = 0.0,
+    vibrato: Vibrato = None,
+    portamento: Portamento = 0.0,
+    formant_shift: FormantShift = 0.0,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the melody against the sung F0 as a PNG.")] = None,
     save_plan: Annotated[Optional[Path], typer.Option(
         help="Also write the syllable-to-note plan (which syllables go on which notes) as JSON, to edit.")] = None,
@@ -204,7 +213,7 @@ def convert(
         exact_octave=exact_octave, f0_method=f0_method,
     )
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
-                              timbre=timbre)
+                              timbre=timbre, portamento=portamento, formant_shift=formant_shift)
     with _stages("loading", 22) as show:
         result = converter.convert(
             speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
@@ -256,7 +265,9 @@ def batch(
     auto_key: AutoKey = False,
     exact_octave: ExactOctave = False,
     tempo: Tempo = 1.0,
-    vibrato: Vibrato = 0.0,
+    vibrato: Vibrato = None,
+    portamento: Portamento = 0.0,
+    formant_shift: FormantShift = 0.0,
     overwrite: Overwrite = False,
 ):
     """Convert every speech file in FOLDER; one failure never stops the rest.
@@ -270,7 +281,7 @@ def batch(
         base = folder.expanduser().resolve()
         output_dir = base.parent / f"{base.name}-sung"
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
-                              timbre=timbre)
+                              timbre=timbre, portamento=portamento, formant_shift=formant_shift)
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
@@ -608,7 +619,7 @@ def evaluate(
     ] = None,
     system: Annotated[
         Optional[list[str]],
-        typer.Option("--system", "-s", help="ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE] (no VOICE: the one "
+        typer.Option("--system", "-s", help="ground-truth[:VOCODER], psola, world, or alignsts[-LABEL][:VOICE] (no VOICE: the one "
                      "--engine alignsts uses); repeat for several side by side \\[default: ground-truth and psola on "
                      "a cache, psola and alignsts on a speech,melody manifest]."),
     ] = None,

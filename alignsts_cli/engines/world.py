@@ -1,0 +1,302 @@
+"""The model-based singing engine after Saitou et al. (2004, 2007), on the WORLD vocoder.
+
+WORLD (through ``pyworld``) splits the speech into F0, spectral envelope (CheapTrick) and aperiodicity (D4C).
+The song is made from those, frame by frame (:data:`FRAME` apart), following the same syllable-to-note plan as
+psola (:mod:`alignsts_cli.engines.timing`), with the three controls of Saitou et al.:
+
+- **duration**: each output frame reads the speech at the time the group's time map gives; envelope and
+  aperiodicity are interpolated between the two nearest speech frames, so a stretched vowel changes smoothly
+  and repeats no frame; consonants keep their length (shortened only on short notes) and onset consonants
+  lead into the beat; the notes of one syllable are sung legato; rests are silent.
+- **F0** (:func:`sung_f0`), on melodies written as notes: the note steps through a second-order system that
+  overshoots after each change (:data:`OVERSHOOT`), the same system run backwards for the preparation before
+  it (:data:`PREPARATION`), a vibrato that starts late in long notes, and low-pass noise as fine
+  fluctuation; portamento optional. A contour melody (F0 CSV, reference singing) is sung as it is.
+- **spectrum** (:func:`shape_envelope`): the singer's formant (a bump near 3 kHz), amplitude modulation in step
+  with the vibrato, and the envelope kept as it is across pitch shifts (WORLD changes F0 alone), or moved
+  by ``formant_shift`` semitones when asked.
+
+Unvoiced consonants and breathiness come from the speech's own aperiodicity: the song is voiced only where the
+speech was.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from alignsts_cli.analysis import STEP, SpeechAnalysis, analyse_speech, assign_syllables
+from alignsts_cli.engines.timing import fill_holes, group_spans, rest_gate, time_map, vibrato_cents
+from alignsts_cli.errors import AlignSTSError
+from alignsts_cli.melody import Melody, Note, hz_to_midi, render_notes
+
+#: WORLD frame period, seconds.
+FRAME = 0.005
+#: Second-order F0 systems of Saitou et al. 2007: (natural frequency in rad/s, damping).
+OVERSHOOT = (34.8, 0.5422)
+PREPARATION = (29.2, 0.6681)
+#: Vibrato rate (Hz: Saitou's 0.0345 rad/ms), default depth (peak cents) and delay into a note (s).
+VIBRATO_RATE = 5.5
+VIBRATO_DEPTH = 30.0
+VIBRATO_DELAY = 0.3
+#: Fine fluctuation: white noise low-passed at this frequency (Hz), scaled to this standard deviation (cents).
+FINE_CUTOFF = 10.0
+FINE_CENTS = 4.0
+#: Singer's formant: a bump of this gain (dB) centred at this frequency (Hz), this wide (Hz, standard deviation).
+SINGERS_FORMANT = (6.0, 3000.0, 500.0)
+#: Amplitude modulation in step with the vibrato: peak dB at full vibrato depth.
+AM_DB = 1.5
+#: Fade at the edges of each sung span, seconds.
+EDGE_FADE = 0.01
+
+
+@dataclass
+class WorldSettings:
+    vibrato_cents: float | None = None  # peak deviation; None = VIBRATO_DEPTH on a score, none on a contour
+    vibrato_rate: float = VIBRATO_RATE  # Hz
+    vibrato_delay: float = VIBRATO_DELAY  # s into a note before the vibrato fades in
+    portamento: float = 0.0  # s of glide into each note that follows another without a rest; 0 = none
+    formant_shift: float = 0.0  # semitones the envelope is moved (+ smaller, brighter; - larger, darker)
+    singers_formant_db: float = SINGERS_FORMANT[0]
+    fluctuation_cents: float = FINE_CENTS
+    seed: int = 0  # of the fine fluctuation
+
+    def depth(self, score: bool) -> float:
+        """The vibrato depth sung: as set, else the default for a score and none for a contour."""
+        if self.vibrato_cents is not None:
+            return self.vibrato_cents
+        return VIBRATO_DEPTH if score else 0.0
+
+    def check(self) -> "WorldSettings":
+        limits = {"vibrato": (self.vibrato_cents, 0.0, 200.0), "vibrato-rate": (self.vibrato_rate, 0.5, 12.0),
+                  "portamento": (self.portamento, 0.0, 0.5), "formant-shift": (self.formant_shift, -12.0, 12.0)}
+        for name, (value, lo, hi) in limits.items():
+            if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+                raise AlignSTSError(f"--{name} {value}: use a value from {lo:g} to {hi:g}")
+        return self
+
+
+def _pyworld():
+    try:
+        with warnings.catch_warnings():  # pyworld imports pkg_resources, which warns about itself
+            warnings.simplefilter("ignore")
+            import pyworld
+    except ImportError as exc:
+        raise AlignSTSError("the world engine needs pyworld: pip install pyworld (or use --engine psola)") from exc
+    return pyworld
+
+
+# --------------------------------------------------------------------------- F0
+
+def _second_order(x: np.ndarray, omega: float, zeta: float, dt: float) -> np.ndarray:
+    """``x`` through omega^2 / (s^2 + 2 zeta omega s + omega^2), discretised by the bilinear transform,
+    starting at rest at ``x[0]``."""
+    from scipy.signal import bilinear, lfilter, lfilter_zi
+
+    b, a = bilinear([omega ** 2], [1.0, 2 * zeta * omega, omega ** 2], fs=1.0 / dt)
+    return lfilter(b, a, x, zi=lfilter_zi(b, a) * x[0])[0]
+
+
+def settle_time(omega: float, zeta: float) -> float:
+    """Seconds a second-order system takes to settle within 2 % of a step (4 / (zeta omega))."""
+    return 4.0 / (zeta * omega)
+
+
+def is_score(melody: Melody) -> bool:
+    """True when the melody is its notes as written (MIDI, MusicXML), not a sung or drawn contour."""
+    if not melody.notes:
+        return False
+    rendered = render_notes(melody.notes, melody.hop)
+    n = min(len(rendered), len(melody.f0))
+    a, b = rendered[:n], melody.f0[:n]
+    both = (a > 0) & (b > 0)
+    if np.any((a > 0) != (b > 0)) or not np.any(both):
+        return False
+    return bool(np.max(np.abs(hz_to_midi(a[both]) - hz_to_midi(b[both]))) < 0.01)
+
+
+def sung_f0(melody: Melody, times: np.ndarray, settings: WorldSettings, score: bool | None = None) -> np.ndarray:
+    """The F0 (Hz) to sing at ``times`` (seconds of the song; rests filled, the caller voices it).
+
+    A score gets Saitou's controls: the note steps smoothed by the overshoot system, then by the
+    preparation system run backwards, plus vibrato and fine fluctuation; a contour is followed as it is,
+    with vibrato only when asked for.
+    """
+    score = is_score(melody) if score is None else score
+    base = _hold_next(melody.f0_at(times))
+    if not np.any(base > 0):
+        return base
+    cents = 1200.0 * np.log2(base / 440.0)
+    notes = melody.notes
+    dt = float(times[1] - times[0]) if len(times) > 1 else FRAME
+    if score:
+        if settings.portamento > 0:
+            cents = _portamento(cents, times, notes, settings.portamento)
+        cents = _second_order(cents, *OVERSHOOT, dt)
+        cents = _second_order(cents[::-1], *PREPARATION, dt)[::-1]
+        if settings.fluctuation_cents > 0:
+            cents = cents + _fluctuation(len(times), dt, settings.fluctuation_cents, settings.seed)
+    if settings.depth(score) > 0:
+        cents = cents + _vibrato(times, notes, settings, score)
+    return 440.0 * 2.0 ** (cents / 1200.0)
+
+
+def _hold_next(f: np.ndarray) -> np.ndarray:
+    """Rests filled with the pitch of the note after them (a lead-in consonant sings the coming note), the
+    end with the last note's."""
+    voiced = np.nonzero(f > 0)[0]
+    if len(voiced) == 0:
+        return f
+    nxt = voiced[np.minimum(np.searchsorted(voiced, np.arange(len(f))), len(voiced) - 1)]
+    return f[nxt]
+
+
+def _vibrato(times, notes: list[Note], settings: WorldSettings, score: bool) -> np.ndarray:
+    return vibrato_cents(times, notes, list(range(len(notes))), settings.depth(score), settings.vibrato_rate,
+                         settings.vibrato_delay)
+
+
+def _portamento(cents: np.ndarray, times: np.ndarray, notes: list[Note], glide: float) -> np.ndarray:
+    """Linear glides (in cents) of ``glide`` seconds into each note that follows another without a rest."""
+    out = cents.copy()
+    for prev, nxt in zip(notes[:-1], notes[1:]):
+        if nxt.start - prev.end > 0.02 or nxt.pitch == prev.pitch:
+            continue
+        span = min(glide, 0.5 * nxt.duration)
+        sel = (times >= nxt.start) & (times < nxt.start + span)
+        a, b = 100.0 * (prev.pitch - 69.0), 100.0 * (nxt.pitch - 69.0)  # cents from A4, as above
+        out[sel] = a + (b - a) * (times[sel] - nxt.start) / span
+    return out
+
+
+def _fluctuation(n: int, dt: float, std: float, seed: int) -> np.ndarray:
+    from scipy.signal import butter, filtfilt
+
+    noise = np.random.default_rng(seed).standard_normal(n + 200)
+    b, a = butter(2, FINE_CUTOFF * 2 * dt)
+    low = filtfilt(b, a, noise)[100:100 + n]
+    return std * low / max(float(np.std(low)), 1e-9)
+
+
+# --------------------------------------------------------------------------- spectrum
+
+def shape_envelope(sp: np.ndarray, sr: int, voiced: np.ndarray, vib: np.ndarray, settings: WorldSettings) -> np.ndarray:
+    """The spectral controls on a WORLD power envelope ``[frames, bins]``: formant shift, the singer's formant on
+    voiced frames, and amplitude modulation following ``vib`` (the vibrato's deviation, -1..1)."""
+    bins = sp.shape[1]
+    freqs = np.linspace(0.0, sr / 2.0, bins)
+    if settings.formant_shift:
+        ratio = 2.0 ** (settings.formant_shift / 12.0)
+        src = freqs / ratio
+        log_sp = np.log(sp)
+        sp = np.exp(np.stack([np.interp(src, freqs, row) for row in log_sp]))
+    gain_db = np.zeros_like(sp)
+    if settings.singers_formant_db:
+        _, centre, width = SINGERS_FORMANT
+        bump = settings.singers_formant_db * np.exp(-0.5 * ((freqs - centre) / width) ** 2)
+        gain_db += voiced[:, None] * bump[None, :]
+    gain_db += (AM_DB * vib)[:, None]
+    return sp * 10.0 ** (gain_db / 10.0)
+
+
+# --------------------------------------------------------------------------- the engine
+
+def analyse(audio: np.ndarray, sr: int, analysis: SpeechAnalysis):
+    """WORLD parameters of the speech on the :data:`FRAME` grid: (times, f0, envelope, aperiodicity).
+
+    F0 is Praat's from the shared analysis (the voice's own range), refined by StoneMask."""
+    pw = _pyworld()
+    x = audio.astype(np.float64)
+    t = np.arange(int(len(x) / sr / FRAME) + 1) * FRAME
+    praat = analysis.f0
+    grid = np.arange(len(praat)) * STEP
+    voiced = np.interp(t, grid, (praat > 0).astype(np.float64)) > 0.5
+    f0 = np.where(voiced, np.interp(t, grid, np.where(praat > 0, praat, fill_holes(praat))), 0.0)
+    if np.any(f0 > 0):
+        f0 = np.where(f0 > 0, pw.stonemask(x, f0, t, sr), 0.0)
+    f0 = np.clip(f0, 0.0, None)
+    sp = pw.cheaptrick(x, f0, t, sr)
+    ap = pw.d4c(x, f0, t, sr)
+    return t, f0, sp, ap
+
+
+def sing(
+    audio: np.ndarray,
+    sr: int,
+    melody: Melody,
+    settings: WorldSettings | None = None,
+    analysis: SpeechAnalysis | None = None,
+    progress=None,
+    groups=None,
+) -> tuple[np.ndarray, dict]:
+    """Sing ``[n]`` speech audio to ``melody``; returns (audio ``[round(melody.duration·sr)]``, info).
+
+    The arguments are psola's (:func:`alignsts_cli.engines.psola.sing`). The same input and settings give
+    the same output.
+    """
+    pw = _pyworld()
+    settings = (settings or WorldSettings()).check()
+    analysis = analysis or analyse_speech(audio, sr)
+    sylls, notes = analysis.syllables, melody.notes
+    groups = groups if groups is not None else assign_syllables(sylls, notes)
+    n_out = int(round(melody.duration * sr))
+    t_in, f0_in, sp_in, ap_in = analyse(audio, sr, analysis)
+    if progress:
+        progress(1, 3)
+
+    # Duration: every output frame's place in the speech (nan = silent).
+    taus = np.arange(int(math.ceil(n_out / sr / FRAME)) + 1) * FRAME
+    pos = np.full(len(taus), np.nan)
+    gate = np.zeros(len(taus))
+    for (s_idx, n_idx), (o0, o1) in zip(groups, group_spans(groups, sylls, notes)):
+        if o1 - o0 < 0.02:
+            continue
+        kin, kout = time_map([sylls[k] for k in s_idx], o0, o1, len(audio) / sr)
+        sel = (taus >= o0) & (taus < o1)
+        pos[sel] = np.interp(taus[sel], kout, kin)
+        gate[sel] = rest_gate(taus[sel], notes, n_idx)
+    sounding = ~np.isnan(pos)
+    frame = np.clip(np.nan_to_num(pos) / FRAME, 0.0, len(t_in) - 1.0)
+    lo = np.floor(frame).astype(np.int64)
+    hi = np.minimum(lo + 1, len(t_in) - 1)
+    w = (frame - lo)[:, None]
+    sp = np.exp((1 - w) * np.log(sp_in[lo] + 1e-16) + w * np.log(sp_in[hi] + 1e-16))
+    ap = np.clip((1 - w) * ap_in[lo] + w * ap_in[hi], 0.0, 1.0)
+    voiced = sounding & ((1 - w[:, 0]) * (f0_in[lo] > 0) + w[:, 0] * (f0_in[hi] > 0) >= 0.5)
+
+    # F0 and spectrum.
+    score = is_score(melody)
+    f0 = sung_f0(melody, taus, settings, score)
+    depth = settings.depth(score)
+    vib = _vibrato(taus, notes, settings, score) / depth if depth > 0 else np.zeros(len(taus))
+    f0 = np.where(voiced & (f0 > 0), f0, 0.0)
+    sp = shape_envelope(sp, sr, voiced.astype(np.float64), vib, settings)
+    if progress:
+        progress(2, 3)
+    song = pw.synthesize(np.ascontiguousarray(f0), np.ascontiguousarray(sp), np.ascontiguousarray(ap), sr,
+                         FRAME * 1000.0)
+    song = np.pad(song, (0, max(0, n_out - len(song))))[:n_out]
+    env = _sample_gate(gate * sounding, sr, n_out)
+    song = (song * env).astype(np.float32)
+    if progress:
+        progress(3, 3)
+    info = {
+        "syllables": len(sylls),
+        "notes": len(notes),
+        "groups": len(groups),
+        "speech_median_f0": analysis.median_f0,
+        "voiced_fraction": float((melody.f0 > 0).mean()),
+        "f0_control": "score" if score else "contour",
+    }
+    return song, info
+
+
+def _sample_gate(frame_gate: np.ndarray, sr: int, n: int) -> np.ndarray:
+    """Frame gate -> per-sample gain, ramped over :data:`EDGE_FADE` inside every sounding stretch."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = distance_transform_edt(frame_gate > 0) * FRAME  # seconds to the nearest shut frame
+    ramped = frame_gate * np.clip(inside / EDGE_FADE, 0.0, 1.0)
+    return np.interp(np.arange(n) / sr, np.arange(len(frame_gate)) * FRAME, ramped)
