@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                       # official-size model (random weights), 5/10/30 s
     python benchmarks/run.py --engine psola
+    python benchmarks/run.py --engine world --seconds 5 10 30 --cold-start
     python benchmarks/run.py --engine bundled --seconds 5 10 30 --memory-seconds 30 300 --batch 20 --cold-start
     python benchmarks/run.py --engine path/to/voice --precision float32
 
@@ -45,7 +46,7 @@ SENTENCES = [
     "I have a dream that one day this nation will rise up.",
     "She sells sea shells by the sea shore every summer morning.",
 ]
-STAGES = ("loading", "f0", "content", "speaker", "acoustic", "vocoder", "psola", "writing")
+STAGES = ("loading", "f0", "content", "speaker", "acoustic", "vocoder", "psola", "world", "writing")
 
 
 def make_speech(path: Path, seconds: float, sr: int = 22050) -> Path:
@@ -109,8 +110,8 @@ def official_voice(folder: Path) -> Path:
 
 
 def engine_args(engine: str, work: Path) -> dict:
-    if engine == "psola":
-        return {"engine": "psola"}
+    if engine in ("psola", "world"):
+        return {"engine": engine}
     if engine == "official":
         return {"engine": "alignsts", "model": str(official_voice(work / "official-voice"))}
     if engine == "default":
@@ -200,7 +201,7 @@ def batch_throughput(conv, work: Path, files: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", default="official", help="official | psola | default | bundled | a voice-model folder")
+    ap.add_argument("--engine", default="official", help="official | psola | world | default | bundled | a voice-model folder")
     ap.add_argument("--seconds", type=float, nargs="*", default=[5, 10, 30])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

@@ -26,3 +26,13 @@ def test_benchmark_reports_every_stage(tmp_path):
     (mem,) = r["memory"]
     assert mem["peak_rss_mb"] > 50 and mem["seconds"] == 2
     assert "real-time factor" in proc.stdout and "peak RSS" in proc.stdout
+
+
+def test_benchmark_times_the_world_engine(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--engine", "world", "--seconds", "2", "--repeats", "1",
+         "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["lengths"]
+    assert row["rtf_world"] > 0 and row["rtf_total"] >= row["rtf_world"]

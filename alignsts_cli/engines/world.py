@@ -206,7 +206,7 @@ def shape_envelope(sp: np.ndarray, sr: int, voiced: np.ndarray, vib: np.ndarray,
 def analyse(audio: np.ndarray, sr: int, analysis: SpeechAnalysis):
     """WORLD parameters of the speech on the :data:`FRAME` grid: (times, f0, envelope, aperiodicity).
 
-    F0 is Praat's from the shared analysis (the voice's own range), refined by StoneMask."""
+    F0 and voicing are Praat's from the shared analysis (the voice's own range), F0 refined by StoneMask."""
     pw = _pyworld()
     x = audio.astype(np.float64)
     t = np.arange(int(len(x) / sr / FRAME) + 1) * FRAME
@@ -218,7 +218,9 @@ def analyse(audio: np.ndarray, sr: int, analysis: SpeechAnalysis):
         f0 = np.where(f0 > 0, pw.stonemask(x, f0, t, sr), 0.0)
     f0 = np.clip(f0, 0.0, None)
     sp = pw.cheaptrick(x, f0, t, sr)
-    ap = pw.d4c(x, f0, t, sr)
+    # threshold 0: no voicing decision of D4C's own (Praat's is used); its LoveTrain calls everything
+    # aperiodic at 8 kHz (telephone speech), which would whisper the whole song.
+    ap = pw.d4c(x, f0, t, sr, threshold=0.0)
     return t, f0, sp, ap
 
 

@@ -239,3 +239,17 @@ def test_cli_world_options_and_their_errors(tmp_path, speech):
         bad = tmp_path / "bad.wav"
         res = runner.invoke(app, ["convert", str(speech), "-m", str(melody), "-o", str(bad)] + args)
         assert res.exit_code == 1 and says in res.output and not bad.exists(), res.output
+
+
+def test_telephone_band_speech_is_sung_voiced_not_whispered(tmp_path):
+    import librosa
+
+    speech = espeak(tmp_path / "s.wav", "Hello there, my old friend, how are you?")
+    x, sr = sf.read(speech, dtype="float32")
+    phone = librosa.resample(x, orig_sr=sr, target_sr=8000)
+    melody = load_melody(write_midi(tmp_path / "m.mid", [(i, 1, 50 + (i % 3)) for i in range(10)]))
+    song, _ = world.sing(phone, 8000, melody, analysis=analyse_speech(phone, 8000))
+    sung, _ = extract_f0(song, 8000)
+    rca = raw_chroma_accuracy(melody.f0, sung)
+    print(f"\n8 kHz speech: raw chroma accuracy {rca:.3f}")
+    assert rca > 0.8  # D4C's own voicing decision calls all of 8 kHz speech aperiodic; it must not be used
