@@ -20,7 +20,7 @@ import numpy as np
 
 from alignsts_cli.analysis import STEP, SpeechAnalysis, analyse_speech, assign_syllables
 from alignsts_cli.audio import fade_envelope
-from alignsts_cli.engines.timing import MARGIN, fill_holes, group_spans, rest_gate, time_map, vibrato_cents
+from alignsts_cli.engines.timing import MARGIN, fill_holes, group_spans, plan_info, rest_gate, time_map, vibrato_cents
 from alignsts_cli.melody import Melody, midi_to_hz
 
 #: Cross-fade between consecutive syllable groups, seconds.
@@ -95,13 +95,7 @@ def _sing(audio, sr, melody, settings, analysis, progress, groups) -> tuple[np.n
         if progress:
             progress(gi + 1, len(groups))
     song = out[offset:offset + n_out].astype(np.float32)
-    info = {
-        "syllables": len(sylls),
-        "notes": len(notes),
-        "groups": len(groups),
-        "speech_median_f0": analysis.median_f0,
-        "voiced_fraction": float((melody.f0 > 0).mean()),
-    }
+    info = plan_info(analysis, melody, groups)
     return song, info
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignsts_cli.analysis import Syllable
-from alignsts_cli.melody import Note
+from alignsts_cli.analysis import SpeechAnalysis, Syllable
+from alignsts_cli.melody import Melody, Note
 
 #: Longest stretch of consonant kept on either side of a core, seconds (longer ones are compressed).
 MAX_CONSONANT = 0.08
@@ -118,3 +118,14 @@ def rest_gate(times: np.ndarray, notes: list[Note], n_idx: list[int]) -> np.ndar
         inside = (times > r0) & (times < r1)
         g[inside] = np.minimum(g[inside], 1 - np.minimum(down[inside], up[inside]))
     return g
+
+
+def plan_info(analysis: SpeechAnalysis, melody: Melody, groups) -> dict:
+    """What a signal engine reports of a song: syllables, notes, groups, the speech's median F0, voiced share."""
+    return {
+        "syllables": len(analysis.syllables),
+        "notes": len(melody.notes),
+        "groups": len(groups),
+        "speech_median_f0": analysis.median_f0,
+        "voiced_fraction": float((melody.f0 > 0).mean()),
+    }

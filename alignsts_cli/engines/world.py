@@ -1,7 +1,7 @@
 """The model-based singing engine after Saitou et al. (2004, 2007), on the WORLD vocoder.
 
 WORLD (through ``pyworld``) splits the speech into F0, spectral envelope (CheapTrick) and aperiodicity (D4C).
-The song is made from those, frame by frame (:data:`FRAME` apart), following the same syllable-to-note plan as
+The song is made from those, frame by frame (:data:`FRAME` apart, twice as fine as the analysis), following the same syllable-to-note plan as
 psola (:mod:`alignsts_cli.engines.timing`), with the three controls of Saitou et al.:
 
 - **duration**: each output frame reads the speech at the time the group's time map gives; envelope and
@@ -28,12 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignsts_cli.analysis import STEP, SpeechAnalysis, analyse_speech, assign_syllables
-from alignsts_cli.engines.timing import fill_holes, group_spans, rest_gate, time_map, vibrato_cents
+from alignsts_cli.engines.timing import fill_holes, group_spans, plan_info, rest_gate, time_map, vibrato_cents
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.melody import Melody, Note, hz_to_midi, render_notes
 
-#: WORLD frame period, seconds.
-FRAME = 0.005
+#: WORLD analysis frame period of the speech, seconds (WORLD's usual 5 ms; D4C misjudges 8 kHz speech at 2.5 ms).
+ANALYSIS_FRAME = 0.005
+#: Frame period of the song, seconds: finer than the analysis, because a consonant squeezed 4x onto a short note
+#: read at 5 ms steps of the song would skip three of every four speech frames (its bursts among them).
+FRAME = 0.0025
 #: Second-order F0 systems of Saitou et al. 2007: (natural frequency in rad/s, damping).
 OVERSHOOT = (34.8, 0.5422)
 PREPARATION = (29.2, 0.6681)
@@ -204,12 +207,12 @@ def shape_envelope(sp: np.ndarray, sr: int, voiced: np.ndarray, vib: np.ndarray,
 # --------------------------------------------------------------------------- the engine
 
 def analyse(audio: np.ndarray, sr: int, analysis: SpeechAnalysis):
-    """WORLD parameters of the speech on the :data:`FRAME` grid: (times, f0, envelope, aperiodicity).
+    """WORLD parameters of the speech on the :data:`ANALYSIS_FRAME` grid: (times, f0, envelope, aperiodicity).
 
     F0 and voicing are Praat's from the shared analysis (the voice's own range), F0 refined by StoneMask."""
     pw = _pyworld()
     x = audio.astype(np.float64)
-    t = np.arange(int(len(x) / sr / FRAME) + 1) * FRAME
+    t = np.arange(int(len(x) / sr / ANALYSIS_FRAME) + 1) * ANALYSIS_FRAME
     praat = analysis.f0
     grid = np.arange(len(praat)) * STEP
     voiced = np.interp(t, grid, (praat > 0).astype(np.float64)) > 0.5
@@ -260,7 +263,7 @@ def sing(
         pos[sel] = np.interp(taus[sel], kout, kin)
         gate[sel] = rest_gate(taus[sel], notes, n_idx)
     sounding = ~np.isnan(pos)
-    frame = np.clip(np.nan_to_num(pos) / FRAME, 0.0, len(t_in) - 1.0)
+    frame = np.clip(np.nan_to_num(pos) / ANALYSIS_FRAME, 0.0, len(t_in) - 1.0)
     lo = np.floor(frame).astype(np.int64)
     hi = np.minimum(lo + 1, len(t_in) - 1)
     w = (frame - lo)[:, None]
@@ -284,14 +287,7 @@ def sing(
     song = (song * env).astype(np.float32)
     if progress:
         progress(3, 3)
-    info = {
-        "syllables": len(sylls),
-        "notes": len(notes),
-        "groups": len(groups),
-        "speech_median_f0": analysis.median_f0,
-        "voiced_fraction": float((melody.f0 > 0).mean()),
-        "f0_control": "score" if score else "contour",
-    }
+    info = plan_info(analysis, melody, groups) | {"f0_control": "score" if score else "contour"}
     return song, info
 
 
