@@ -51,6 +51,10 @@ FINE_CENTS = 4.0
 SINGERS_FORMANT = (6.0, 3000.0, 500.0)
 #: Amplitude modulation in step with the vibrato: peak dB at full vibrato depth.
 AM_DB = 1.5
+#: WORLD works at this rate or above: D4C measures aperiodicity in bands up to (rate/2 - 3 kHz), so below
+#: 12 kHz it has none and returns whatever its memory held (different on every call). Slower speech
+#: (8 and 11.025 kHz telephone and voice-prompt audio) is analysed and sung at this rate, then brought back.
+MIN_RATE = 16000
 #: Fade at the edges of each sung span, seconds.
 EDGE_FADE = 0.01
 
@@ -207,9 +211,12 @@ def shape_envelope(sp: np.ndarray, sr: int, voiced: np.ndarray, vib: np.ndarray,
 # --------------------------------------------------------------------------- the engine
 
 def analyse(audio: np.ndarray, sr: int, analysis: SpeechAnalysis):
-    """WORLD parameters of the speech on the :data:`ANALYSIS_FRAME` grid: (times, f0, envelope, aperiodicity).
+    """WORLD parameters of the speech (at :data:`MIN_RATE` or above) on the :data:`ANALYSIS_FRAME` grid:
+    (times, f0, envelope, aperiodicity).
 
     F0 and voicing are Praat's from the shared analysis (the voice's own range), F0 refined by StoneMask."""
+    if sr < MIN_RATE:
+        raise ValueError(f"WORLD analysis needs {MIN_RATE} Hz or more (D4C has no band below 12 kHz); got {sr}")
     pw = _pyworld()
     x = audio.astype(np.float64)
     t = np.arange(int(len(x) / sr / ANALYSIS_FRAME) + 1) * ANALYSIS_FRAME
@@ -241,11 +248,18 @@ def sing(
     The arguments are psola's (:func:`alignsts_cli.engines.psola.sing`). The same input and settings give
     the same output.
     """
-    pw = _pyworld()
     settings = (settings or WorldSettings()).check()
     analysis = analysis or analyse_speech(audio, sr)
+    groups = groups if groups is not None else assign_syllables(analysis.syllables, melody.notes)
+    if sr < MIN_RATE:
+        from alignsts_cli.audio import resample
+
+        song, info = sing(resample(audio, sr, MIN_RATE), MIN_RATE, melody, settings, analysis, progress, groups)
+        n_out = int(round(melody.duration * sr))
+        song = resample(song, MIN_RATE, sr)
+        return np.pad(song, (0, max(0, n_out - len(song))))[:n_out], info
+    pw = _pyworld()
     sylls, notes = analysis.syllables, melody.notes
-    groups = groups if groups is not None else assign_syllables(sylls, notes)
     n_out = int(round(melody.duration * sr))
     t_in, f0_in, sp_in, ap_in = analyse(audio, sr, analysis)
     if progress:
