@@ -25,5 +25,5 @@ def test_auto_is_the_engine_the_real_speech_scorecard_chose(tmp_path, no_weights
 def test_asking_for_alignsts_without_weights_names_the_fix(no_weights):
     with pytest.raises(WeightsMissing, match=r"import-checkpoint ARCHIVE`, or use --engine psola$"):
         api.resolve_engine("alignsts")
-    with pytest.raises(AlignSTSError, match="--engine neural: use one of auto, psola, alignsts"):
+    with pytest.raises(AlignSTSError, match="--engine neural: use one of auto, psola, world, alignsts"):
         api.resolve_engine("neural")
