@@ -263,4 +263,4 @@ def test_telephone_band_speech_is_sung_voiced_not_whispered(tmp_path):
 
 def test_world_analysis_refuses_rates_where_d4c_has_no_band():
     with pytest.raises(ValueError, match="16000"):
-        world.analyse(np.zeros(8000, dtype=np.float32), 8000, None)
+        world.analyse(np.zeros(8000, dtype=np.float32), 8000, None)  # before any analysis
