@@ -115,12 +115,12 @@ class Converter:
     (bfloat16 vocoder on CPUs that compute it natively) | float32; ``threads``: torch CPU threads
     (default: torch's choice, one per physical core); ``timbre``: model (the voice model's) | restore (the
     speech's own average envelope on the song, :mod:`alignsts_cli.timbre`); ``portamento`` (seconds of glide
-    between notes) and ``formant_shift`` (semitones): the world engine's (:mod:`alignsts_cli.engines.world`).
+    between notes), ``formant_shift`` (semitones) and ``vibrato_rate`` (Hz): the world engine's (:mod:`alignsts_cli.engines.world`).
     """
 
     def __init__(self, engine: str = "auto", *, model=None, device: str = "auto", cache_dir=None,
                  precision: str = "auto", threads: int | None = None, timbre: str = "model",
-                 portamento: float = 0.0, formant_shift: float = 0.0):
+                 portamento: float = 0.0, formant_shift: float = 0.0, vibrato_rate: float | None = None):
         from alignsts_cli.engines.alignsts import check_timbre  # "model" is its DEFAULT_TIMBRE
 
         check_device(device)
@@ -128,17 +128,18 @@ class Converter:
         self._timbre = check_timbre(timbre)
         set_threads(threads)
         self.engine = resolve_engine(engine, model, cache_dir)
-        self._world = self._world_settings(portamento, formant_shift)
+        self._world = self._world_settings(portamento, formant_shift, vibrato_rate)
         self._model, self._device, self._cache_dir = model, device, cache_dir
         self._precision = precision
         self._neural = None
 
-    def _world_settings(self, portamento: float, formant_shift: float):
-        from alignsts_cli.engines.world import WorldSettings
+    def _world_settings(self, portamento: float, formant_shift: float, vibrato_rate: float | None):
+        from alignsts_cli.engines.world import VIBRATO_RATE, WorldSettings
 
-        settings = WorldSettings(portamento=portamento, formant_shift=formant_shift).check()
-        if self.engine != "world" and (portamento or formant_shift):
-            asked = "--portamento" if portamento else "--formant-shift"
+        settings = WorldSettings(portamento=portamento, formant_shift=formant_shift,
+                                 vibrato_rate=VIBRATO_RATE if vibrato_rate is None else vibrato_rate).check()
+        if self.engine != "world" and (portamento or formant_shift or vibrato_rate is not None):
+            asked = "--portamento" if portamento else "--formant-shift" if formant_shift else "--vibrato-rate"
             raise AlignSTSError(f"{asked}: only the world engine has it; add --engine world")
         return settings
 

@@ -138,6 +138,8 @@ Vibrato = Annotated[Optional[float], typer.Option(
     "notes, none on a sung or drawn contour].")]
 Portamento = Annotated[float, typer.Option(
     help="world engine: seconds of pitch glide into each note that follows another (0 = none, up to 0.5).")]
+VibratoRate = Annotated[Optional[float], typer.Option(
+    help="world engine: vibrato rate in Hz, 0.5-12 \\[default: 5.5, Saitou et al.'s].")]
 FormantShift = Annotated[float, typer.Option(
     help="world engine: move the formants by this many semitones (+ smaller and brighter, - larger and darker).")]
 Engine = Annotated[str, typer.Option(
@@ -197,6 +199,7 @@ def convert(
     vibrato: Vibrato = None,
     portamento: Portamento = 0.0,
     formant_shift: FormantShift = 0.0,
+    vibrato_rate: VibratoRate = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the melody against the sung F0 as a PNG.")] = None,
     save_plan: Annotated[Optional[Path], typer.Option(
         help="Also write the syllable-to-note plan (which syllables go on which notes) as JSON, to edit.")] = None,
@@ -213,7 +216,8 @@ def convert(
         exact_octave=exact_octave, f0_method=f0_method,
     )
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
-                              timbre=timbre, portamento=portamento, formant_shift=formant_shift)
+                              timbre=timbre, portamento=portamento, formant_shift=formant_shift,
+                              vibrato_rate=vibrato_rate)
     with _stages("loading", 22) as show:
         result = converter.convert(
             speech, melody, out, melody_options=options, vibrato=vibrato, seed=seed, plot=plot, overwrite=overwrite,
@@ -268,6 +272,7 @@ def batch(
     vibrato: Vibrato = None,
     portamento: Portamento = 0.0,
     formant_shift: FormantShift = 0.0,
+    vibrato_rate: VibratoRate = None,
     overwrite: Overwrite = False,
 ):
     """Convert every speech file in FOLDER; one failure never stops the rest.
@@ -281,7 +286,8 @@ def batch(
         base = folder.expanduser().resolve()
         output_dir = base.parent / f"{base.name}-sung"
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
-                              timbre=timbre, portamento=portamento, formant_shift=formant_shift)
+                              timbre=timbre, portamento=portamento, formant_shift=formant_shift,
+                              vibrato_rate=vibrato_rate)
     options = _melody_options(
         kind=melody_type, track=track, channel=channel, pitch_bend=pitch_bend, f0_units=f0_units,
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,

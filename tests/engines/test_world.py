@@ -230,12 +230,14 @@ def test_cli_world_options_and_their_errors(tmp_path, speech):
     runner = CliRunner()
     out = tmp_path / "out.wav"
     res = runner.invoke(app, ["convert", str(speech), "-m", str(melody), "-o", str(out), "--engine", "world",
-                              "--portamento", "0.08", "--formant-shift", "-2", "--vibrato", "40"])
+                              "--portamento", "0.08", "--formant-shift", "-2", "--vibrato", "40", "--vibrato-rate", "6"])
     assert res.exit_code == 0, res.output
     assert "world engine" in res.output and out.is_file()
     for args, says in ((["--portamento", "0.1"], "only the world engine"),
                        (["--engine", "world", "--formant-shift", "40"], "--formant-shift 40"),
-                       (["--engine", "world", "--vibrato", "nan"], "--vibrato nan")):
+                       (["--engine", "world", "--vibrato", "nan"], "--vibrato nan"),
+                       (["--vibrato-rate", "6"], "only the world engine"),
+                       (["--engine", "world", "--vibrato-rate", "40"], "--vibrato-rate 40")):
         bad = tmp_path / "bad.wav"
         res = runner.invoke(app, ["convert", str(speech), "-m", str(melody), "-o", str(bad)] + args)
         assert res.exit_code == 1 and says in res.output and not bad.exists(), res.output
