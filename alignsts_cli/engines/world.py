@@ -91,7 +91,8 @@ def _pyworld():
             warnings.simplefilter("ignore")
             import pyworld
     except ImportError as exc:
-        raise AlignSTSError("the world engine needs pyworld: pip install pyworld (or use --engine psola)") from exc
+        raise AlignSTSError("the world engine needs pyworld: pip install 'alignsts[world]' (a C++ compiler builds it), "
+                            "or use --engine psola") from exc
     return pyworld
 
 
