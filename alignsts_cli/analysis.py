@@ -13,6 +13,7 @@ flattens the speech's pitch within the range it finds.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,8 +60,8 @@ def voice_range(median_f0: float) -> tuple[float, float]:
     return float(np.clip(0.5 * median_f0, 50.0, 200.0)), float(np.clip(2.5 * median_f0, 300.0, 900.0))
 
 
-def analyse_speech(audio: np.ndarray, sr: int) -> SpeechAnalysis:
-    """Voice range and syllables of ``[n]`` speech audio."""
+def analyse_speech(audio: np.ndarray, sr: int, *, source: str | os.PathLike = "the recording") -> SpeechAnalysis:
+    """Voice range and syllables of ``[n]`` speech audio; ``source`` names it in messages."""
     import parselmouth
 
     snd = parselmouth.Sound(audio.astype(np.float64), sampling_frequency=sr)
@@ -69,7 +70,8 @@ def analyse_speech(audio: np.ndarray, sr: int) -> SpeechAnalysis:
     wide = snd.to_pitch_ac(time_step=STEP, pitch_floor=50.0, pitch_ceiling=800.0)
     f = wide.selected_array["frequency"]
     if not np.any(f > 0):
-        raise AlignSTSError("no voiced speech found in the recording; give a recording of someone speaking")
+        raise AlignSTSError(f"{source}: no voiced speech found (nothing in it has a pitch); give a recording of "
+                            "someone speaking aloud, not whispering, music or noise")
     median = float(np.median(f[f > 0]))
     floor, ceiling = voice_range(median)
     pitch = snd.to_pitch_ac(time_step=STEP, pitch_floor=floor, pitch_ceiling=ceiling)

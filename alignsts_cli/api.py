@@ -7,6 +7,8 @@ prints or exits; problems a user can fix raise ``AlignSTSError`` (or a subclass)
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ SIGNAL_ENGINES = ("psola", "world")
 AUTO_ENGINE = "psola"
 #: Largest distance (semitones) between the melody's median and the speaking voice's.
 MAX_RANGE_GAP = 24.0
+#: ``--seed`` values: what a 64-bit generator takes.
+MAX_SEED = 2**64 - 1
 
 Progress = Callable[[str, float], None]  # (stage description, fraction done 0..1)
 
@@ -50,6 +54,27 @@ class MelodyOptions:
     auto_key: bool = False  # always move by octaves to the speaker's singing point
     exact_octave: bool = False  # never move by octaves (by default a melody far from the voice is moved)
     f0_method: str = REFERENCE_F0_METHOD  # pitch tracker for reference singing: swift | praat (melody.F0_METHODS)
+
+    def check(self) -> "MelodyOptions":
+        """Refuse values no melody can be shaped with (NaN, infinity, out of range) before any work."""
+        from alignsts_cli.melody import check_tempo, check_transpose
+
+        check_transpose(self.transpose)
+        check_tempo(self.tempo)
+        if not 0.0 <= self.confidence <= 1.0:
+            raise AlignSTSError(f"--confidence {self.confidence}: use a value from 0 to 1")
+        return self
+
+
+def check_sampling(vibrato: float | None, seed: int | None) -> None:
+    """Refuse a ``--vibrato`` depth or ``--seed`` that no engine can use, before any work."""
+    from alignsts_cli.engines.timing import MAX_VIBRATO_CENTS
+
+    if vibrato is not None and not (math.isfinite(vibrato) and 0.0 <= vibrato <= MAX_VIBRATO_CENTS):
+        raise AlignSTSError(f"--vibrato {vibrato}: give a depth in cents from 0 to {MAX_VIBRATO_CENTS:g} "
+                            "(20-50 sounds natural)")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise AlignSTSError(f"--seed {seed}: use a whole number from 0 to 2^64-1")
 
 
 @dataclass
@@ -177,6 +202,8 @@ class Converter:
         save_plan: str | os.PathLike | None = None,
     ) -> ConversionResult:
         """One conversion (see the module-level ``convert``)."""
+        check_sampling(vibrato, seed)
+        (melody_options or MelodyOptions()).check()
         step = progress or (lambda stage, frac: None)
         job = self._prepare(speech, melody, output, melody_options, plot, overwrite, step, plan, save_plan)
         if self.engine == "alignsts":
@@ -196,30 +223,44 @@ class Converter:
         other exception a bug met on it. The neural engine on CUDA sings up to four songs per
         acoustic-model batch; elsewhere songs go one by one.
         """
+        check_sampling(vibrato, seed)
+        (melody_options or MelodyOptions()).check()
         group = 4 if self.engine == "alignsts" and self.neural.device == "cuda" else 1
         quiet = lambda stage, frac: None  # noqa: E731
         for i in range(0, len(jobs), group):
-            ready = []
-            for job in jobs[i:i + group]:
-                prep = self._safely(lambda: self._prepare(*job, melody_options, None, overwrite, quiet))
-                if isinstance(prep, Exception):
-                    yield job, prep
-                else:
-                    ready.append((job, prep))
-            if not ready:
-                continue
-            if self.engine != "alignsts":
-                for job, prep in ready:
-                    yield job, self._safely(lambda: self._finish(prep, self._signal(prep, vibrato, quiet), quiet))
-                continue
-            results = self._safely(lambda: self.neural.sing_many(
-                [(p.audio, p.sr, p.target, p.analysis, 0 if seed is None else seed) for _, p in ready]))
-            if isinstance(results, Exception):
-                for job, _ in ready:
-                    yield job, results
-                continue
-            for (job, prep), res in zip(ready, results):
-                yield job, self._safely(lambda: self._finish(prep, res, quiet))
+            with contextlib.ExitStack() as claims:
+                ready = []
+                for job in jobs[i:i + group]:
+                    prep = self._safely(lambda: self._claim(claims, job[2], overwrite)
+                                        or self._prepare(*job, melody_options, None, overwrite, quiet))
+                    if isinstance(prep, Exception):
+                        yield job, prep
+                    else:
+                        ready.append((job, prep))
+                if not ready:
+                    continue
+                if self.engine != "alignsts":
+                    for job, prep in ready:
+                        yield job, self._safely(lambda: self._finish(prep, self._signal(prep, vibrato, quiet), quiet))
+                    continue
+                results = self._safely(lambda: self.neural.sing_many(
+                    [(p.audio, p.sr, p.target, p.analysis, 0 if seed is None else seed) for _, p in ready]))
+                if isinstance(results, Exception):
+                    for job, _ in ready:
+                        yield job, results
+                    continue
+                for (job, prep), res in zip(ready, results):
+                    yield job, self._safely(lambda: self._finish(prep, res, quiet))
+
+    @staticmethod
+    def _claim(claims: contextlib.ExitStack, output, overwrite: bool) -> None:
+        """Claim ``output`` for this run until ``claims`` closes (``files.claim``); raises ``OutputClaimed``
+        when another run holds it or, without ``overwrite``, has finished it since the jobs were listed."""
+        from alignsts_cli.files import OutputClaimed, claim
+
+        claims.enter_context(claim(output))
+        if not overwrite and Path(output).expanduser().exists():
+            raise OutputClaimed(f"{output}: another alignsts run has written it")
 
     @staticmethod
     def _safely(fn):
@@ -269,7 +310,7 @@ class Converter:
 
         raw, (job.audio, job.sr) = self._time(job, "loading", read)
         step("analysing the speech", 0.1)
-        job.analysis = self._time(job, "f0", lambda: analyse_speech(job.audio, job.sr))
+        job.analysis = self._time(job, "f0", lambda: analyse_speech(job.audio, job.sr, source=speech))
         job.target = self._time(job, "f0", lambda: prepare_for_voice(raw, options, job.analysis.median_f0))
         if plan is not None:
             from alignsts_cli.plan import read_plan

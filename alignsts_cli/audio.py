@@ -25,6 +25,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".
 #: Speech and singing are analysed at their own rate, kept within these bounds.
 MIN_WORK_SR = 8000
 MAX_WORK_SR = 48000
+#: Longest recording read, seconds: checked from the header before the samples are decoded, so a small
+#: compressed file that holds hours of silence is refused instead of filling the memory.
+MAX_AUDIO_SECONDS = 3600.0
 
 
 def _wav_truncation(path: Path) -> tuple[int, int] | None:
@@ -59,7 +62,8 @@ def load_audio(path: str | os.PathLike, sr: int | None = None, *, what: str = "a
     if not p.exists():
         raise AlignSTSError(f"{p}: no such file; check the path")
     if p.is_dir():
-        raise AlignSTSError(f"{p}: is a folder, not an {what} file")
+        raise AlignSTSError(f"{p}: is a folder, not {'an' if what[0] in 'aeiou' else 'a'} {what} file; "
+                            "give one of the files in it")
     if p.stat().st_size == 0:
         raise AlignSTSError(f"{p}: the file is empty (0 bytes); record or export it again")
     cut = _wav_truncation(p)
@@ -67,14 +71,23 @@ def load_audio(path: str | os.PathLike, sr: int | None = None, *, what: str = "a
         raise AlignSTSError(
             f"{p}: the WAV file is truncated ({cut[1]} of {cut[0]} bytes of audio present); export it again"
         )
+    def unreadable(exc: Exception) -> AlignSTSError:  # libsndfile reports corrupt data in many ways
+        reason = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+        return AlignSTSError(
+            f"{p}: cannot be read as audio ({reason}); use WAV, FLAC or OGG, or convert it with an audio editor"
+        )
+
     try:
         info = sf.info(str(p))
+    except Exception as exc:
+        raise unreadable(exc) from None
+    if info.samplerate > 0 and info.frames / info.samplerate > MAX_AUDIO_SECONDS:
+        raise AlignSTSError(f"{p}: lasts {info.frames / info.samplerate / 60:.0f} min, more than the "
+                            f"{MAX_AUDIO_SECONDS / 60:.0f} min this tool reads; cut it into shorter pieces")
+    try:
         data, file_sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile reports corrupt data in many ways
-        reason = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
-        raise AlignSTSError(
-            f"{p}: cannot be read as audio ({reason}); use WAV, FLAC or OGG, or convert it with an audio editor"
-        ) from None
+    except Exception as exc:
+        raise unreadable(exc) from None
     if info.frames > 0 and data.shape[0] < info.frames:
         raise AlignSTSError(f"{p}: the file is truncated ({data.shape[0]} of {info.frames} frames); export it again")
     if data.shape[0] == 0:

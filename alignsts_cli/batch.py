@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alignsts_cli.audio import AUDIO_EXTENSIONS
 from alignsts_cli.errors import AlignSTSError
-from alignsts_cli.files import read_path_rows
+from alignsts_cli.files import OutputClaimed, read_path_rows
 
 MANIFEST = "pairs.csv"
 #: Suffixes searched, in order, for a speech file's melody when pairing by stem.
@@ -78,6 +78,9 @@ def find_jobs(
     """Every (speech, melody, output) to convert in ``folder``."""
     folder = Path(folder).expanduser()
     outdir = Path(outdir).expanduser()
+    if folder.is_file():
+        raise AlignSTSError(f"{folder}: is a file, not a folder; `alignsts convert` sings one file, batch takes "
+                            "the folder that holds the speech files")
     if not folder.is_dir():
         raise AlignSTSError(f"{folder}: no such folder; give the folder that holds the speech files")
     if manifest is None and (folder / MANIFEST).is_file() and melody is None:
@@ -149,7 +152,9 @@ def run_jobs(converter, jobs: list[Job], *, overwrite: bool = False, progress=No
         for (speech, melody, output), res in converter.convert_many(
                 [(j.speech, j.melody, j.output) for j in todo], overwrite=overwrite, **convert_options):
             job = by_key[(str(speech), str(melody), str(output))]
-            if isinstance(res, AlignSTSError):
+            if isinstance(res, OutputClaimed):  # another batch into the same folder took it: its work, not ours
+                record(Outcome(job, "skipped", note="made by another run at the same time"))
+            elif isinstance(res, AlignSTSError):
                 record(Outcome(job, "failed", note=str(res)))
             elif isinstance(res, Exception):
                 record(Outcome(job, "failed", note=f"internal error ({type(res).__name__}: {res})"))
@@ -157,7 +162,10 @@ def run_jobs(converter, jobs: list[Job], *, overwrite: bool = False, progress=No
                 notices = res.info.get("notices", [])  # the part taken, an octave moved: as convert says them
                 record(Outcome(job, "ok", res.seconds, note="; ".join([str(job.output)] + notices) if notices else ""))
     except Exception as exc:  # a bug must not hide what was already done
+        if isinstance(exc, AlignSTSError) and not any(id(j) in done for j in todo):
+            raise  # a problem with the whole batch (an option out of range, no weights): one line, as convert says it
+        why = str(exc) if isinstance(exc, AlignSTSError) else f"internal error ({type(exc).__name__}: {exc})"
         for job in todo:
             if id(job) not in done:
-                record(Outcome(job, "failed", note=f"internal error ({type(exc).__name__}: {exc})"))
+                record(Outcome(job, "failed", note=why))
     return [done[id(j)] for j in jobs]

@@ -436,10 +436,12 @@ def download_weights(
     table = Table(title=f"weights ({W.hub_cache(cache_dir)})")
     for col in ("component", "source", "revision", "size", "state"):
         table.add_column(col)
-    failed = False
+    failed, corrupt = False, []
     for comp in components:
         st = W.status(comp, cache_dir)
         failed |= st.state != "present"
+        if st.state == "corrupt":
+            corrupt.append(comp)
         source = f"bundled: {comp.path}" if comp.bundled else f"hub: {comp.repo}"
         colour = {"present": "green", "missing": "yellow", "corrupt": "red"}[st.state]
         table.add_row(comp.name, source, (st.revision or "-")[:12], f"{st.size / 1e6:.1f} MB" if st.size else "-",
@@ -447,6 +449,11 @@ def download_weights(
     out.print(table)
     for note in notes:
         out.print(note)
+    if corrupt:
+        fix = ("reinstall alignsts (pip install --force-reinstall alignsts)" if any(c.bundled for c in corrupt)
+               else "run `alignsts download-weights` to fetch them again")
+        raise AlignSTSError(f"{', '.join(c.name for c in corrupt)}: damaged (the files do not match the sha256 in "
+                            f"{lock_path.name}); {fix}")
     if list_only and failed:
         out.print("run `alignsts download-weights` to fetch what is missing")
 
@@ -461,13 +468,11 @@ def import_checkpoint(
 ):
     """Convert the authors' released AlignSTS checkpoint into alignsts' safe format and install it.
 
-    The authors' .ckpt files are Python pickles, which can run code when loaded: import only files
-    from a source you trust. They are read once, here; alignsts never loads them again.
+    The authors' .ckpt files are Python pickles: they are read with tensors and plain data only allowed, so
+    a crafted file cannot run code (it is refused, naming what it holds). They are read once, here.
     """
     from alignsts_cli import api
 
-    print("note: reading pickle checkpoints, which can run code: only import files from a source you trust",
-          file=sys.stderr)
     dest = api.import_checkpoint(source, name=name, vocoder=vocoder, overwrite=overwrite)
     print(f"imported {source} as '{name}' into {dest}")
 
@@ -734,5 +739,12 @@ def _report_table(report, output_dir: Path) -> None:
     out.print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, a job scheduler's stop) unwinds as Ctrl-C does: no partial file
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     app(prog_name="alignsts")

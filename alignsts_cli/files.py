@@ -3,7 +3,10 @@
 Every file the tool writes (audio, CSV, MIDI, PNG) goes through ``atomic_output``:
 the data lands in a hidden temporary file beside the target and is renamed over
 it only once complete, so an interrupted run or a full disk never leaves a
-partial or half-overwritten file behind.
+partial or half-overwritten file behind. The writer holds a lock on its temporary file while it writes;
+one left by a run that was killed (SIGKILL, a power cut) is unlocked, and the next run that checks an output of
+that name removes it (``check_output_path``). ``claim`` lets runs that share an output folder (two batches)
+split the work: an output is converted by whoever holds its claim.
 """
 from __future__ import annotations
 
@@ -15,6 +18,55 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from alignsts_cli.errors import AlignSTSError
+
+try:  # POSIX advisory locks; elsewhere no lock is taken and nothing is cleaned
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+#: A temporary file older than this, seconds, that no writer holds is left over from a killed run.
+STALE_AFTER = 2.0
+
+
+class OutputClaimed(AlignSTSError):
+    """Another run is writing this output (or has just written it): leave it to that run."""
+
+
+def _lock(fd: int, *, wait: bool = False) -> bool:
+    """Take the exclusive lock of an open file; False when another process holds it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _held_elsewhere(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return True  # gone already, or not ours to judge
+    try:
+        return not _lock(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_parts(target: Path) -> None:
+    """Remove the temporary files of ``target`` (``.NAME.*.part``, ``.NAME.claim``) that runs killed while
+    writing left behind: unlocked and more than ``STALE_AFTER`` seconds old."""
+    import time
+
+    if fcntl is None or not target.parent.is_dir():
+        return
+    for leftover in [*target.parent.glob(f".{target.name}.*.part"), target.parent / f".{target.name}.claim"]:
+        try:
+            if time.time() - leftover.stat().st_mtime > STALE_AFTER and not _held_elsewhere(leftover):
+                leftover.unlink()
+        except OSError:
+            continue
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -51,6 +103,7 @@ def check_output_path(
         raise AlignSTSError(f"{out}: is a folder; give a file name for the output")
     if out.exists() and not overwrite:
         raise AlignSTSError(f"{out}: already exists; pass --overwrite to replace it or choose another name")
+    remove_stale_parts(out)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -84,16 +137,17 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
     On any error the temporary file is removed and ``path`` is left untouched.
-    OS errors (disk full, permissions) become an ``AlignSTSError``.
+    OS errors (disk full, permissions) become an ``AlignSTSError``. The temporary file stays locked
+    while it is written, which tells a later run that it is not a leftover.
     """
     target = Path(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        os.close(fd)
     except OSError as exc:
         raise _describe_write_error(target, exc) from None
     tmp = Path(tmp_name)
     try:
+        _lock(fd, wait=True)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -105,6 +159,33 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the claim on output ``path`` while it is made: a locked ``.NAME.claim`` file beside it.
+
+    Raises ``OutputClaimed`` when another run holds it. The lock goes with the process, so a run that
+    is killed frees its claims at once.
+    """
+    target = Path(path)
+    lock = target.parent / f".{target.name}.claim"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as exc:
+        raise _describe_write_error(target, exc) from None
+    try:
+        if not _lock(fd):
+            raise OutputClaimed(f"{target}: another alignsts run is writing it")
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -7,9 +7,11 @@ MIDI the notes come from the file; for a contour they are segmented from it.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +27,16 @@ MIN_F0_HZ = 50.0
 MAX_F0_HZ = 1100.0
 #: Longest melody accepted, in seconds.
 MAX_MELODY_SECONDS = 360.0
+#: ``--tempo`` factors accepted (2 = twice as fast).
+MIN_TEMPO, MAX_TEMPO = 0.1, 10.0
+#: Largest ``--transpose``, semitones (four octaves: the melody's range is checked after it too).
+MAX_TRANSPOSE = 48.0
+#: Shortest sung time accepted, seconds: the notes together, after ``--tempo``.
+MIN_SUNG_SECONDS = 0.1
+#: Longest melody file read, in seconds: what ``MAX_TEMPO`` brings down to ``MAX_MELODY_SECONDS``. Checked on
+#: the notes' or contour's end time before anything is rendered, so a tiny file with one note of 2^28 ticks or
+#: a CSV row at 1e7 s is refused at once instead of filling the memory.
+MAX_READ_SECONDS = MAX_MELODY_SECONDS * MAX_TEMPO
 #: Praat autocorrelation settings for singing (docs/audio-and-metrics.md).
 SINGING_F0_FLOOR = 80.0
 SINGING_F0_CEILING = 750.0
@@ -151,16 +163,42 @@ class MidiTrack:
         return out
 
 
-def _tempo_map(mid, track_indices) -> list[tuple[int, int]]:
+def _tempo_map(p: Path, mid, track_indices) -> list[tuple[int, int]]:
     changes = []
     for i in track_indices:
         tick = 0
         for msg in mid.tracks[i]:
             tick += msg.time
             if msg.type == "set_tempo":
+                if msg.tempo <= 0:
+                    raise AlignSTSError(f"{p}: track {i} sets a tempo of 0 at tick {tick}, which MIDI does not allow; "
+                                        "fix the tempo in your editor and export the file again")
                 changes.append((tick, msg.tempo))
     changes.sort(key=lambda c: c[0])
     return changes
+
+
+def _smpte_seconds_per_tick(division: int) -> float | None:
+    """Seconds per tick of an SMPTE-timed file (a negative division as mido reads it: -frames per second in
+    the high byte, ticks per frame in the low), or None for the usual ticks-per-beat division."""
+    if division >= 0:
+        return None
+    raw = division & 0xFFFF
+    fps, per_frame = 256 - (raw >> 8), raw & 0xFF
+    fps = 29.97 if fps == 29 else float(fps)  # "29" is drop-frame 30 fps
+    return 1.0 / (fps * per_frame) if fps > 0 and per_frame > 0 else 0.0
+
+
+def _clock(p: Path, mid, track_indices):
+    """A function mapping absolute ticks of these tracks to seconds: the tempo map over ticks per beat, or the
+    fixed tick of an SMPTE-timed file (which ignores tempo changes, as the standard says)."""
+    smpte = _smpte_seconds_per_tick(mid.ticks_per_beat)
+    if mid.ticks_per_beat == 0 or smpte == 0.0:
+        raise AlignSTSError(f"{p}: the header gives 0 ticks per beat, so no note has a time; "
+                            "export the melody from your editor again")
+    if smpte is not None:
+        return lambda tick: tick * smpte
+    return _tick_to_seconds(_tempo_map(p, mid, track_indices), mid.ticks_per_beat)
 
 
 def _tick_to_seconds(tempo_changes, ticks_per_beat: int):
@@ -189,22 +227,24 @@ def read_midi_tracks(path: str | os.PathLike) -> list[MidiTrack]:
 
     p = _existing(path, "MIDI")
     try:
-        mid = mido.MidiFile(str(p), clip=True)
+        # From memory: a header that declares a chunk larger than the file then reads what there is, where a
+        # read from disk would first allocate all it declares (200 MB for an 8-byte file).
+        mid = mido.MidiFile(file=io.BytesIO(p.read_bytes()), clip=True)
     except Exception as exc:
         raise AlignSTSError(
             f"{p}: not a valid MIDI file ({str(exc) or type(exc).__name__}); export the melody from your editor again"
         ) from None
     if mid.type == 2:  # independent songs: each track keeps its own tempo map
-        maps = {i: _tick_to_seconds(_tempo_map(mid, [i]), mid.ticks_per_beat) for i in range(len(mid.tracks))}
+        maps = {i: _clock(p, mid, [i]) for i in range(len(mid.tracks))}
     else:
-        shared = _tick_to_seconds(_tempo_map(mid, range(len(mid.tracks))), mid.ticks_per_beat)
+        shared = _clock(p, mid, range(len(mid.tracks)))
         maps = {i: shared for i in range(len(mid.tracks))}
     tracks = []
     for i, trk in enumerate(mid.tracks):
         sec = maps[i]
         tick = 0
         name = ""
-        open_notes: dict[tuple[int, int], list[int]] = {}
+        open_notes: dict[tuple[int, int], deque[int]] = {}
         spans: list[tuple[int, int, int, int]] = []  # start tick, end tick, note, channel
         bends: dict[int, list[tuple[float, float]]] = {}
         programs: dict[int, int] = {}
@@ -218,18 +258,17 @@ def read_midi_tracks(path: str | os.PathLike) -> list[MidiTrack]:
             elif msg.type == "program_change":
                 programs.setdefault(msg.channel, msg.program)
             elif msg.type == "note_on" and msg.velocity > 0:
-                open_notes.setdefault((msg.channel, msg.note), []).append(tick)
+                open_notes.setdefault((msg.channel, msg.note), deque()).append(tick)
             elif msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0):
                 starts = open_notes.get((msg.channel, msg.note))
                 if starts:
-                    spans.append((starts.pop(0), tick, msg.note, msg.channel))
+                    spans.append((starts.popleft(), tick, msg.note, msg.channel))
             elif msg.type == "pitchwheel":
                 bends.setdefault(msg.channel, []).append((sec(tick), msg.pitch / 8192.0 * PITCH_BEND_RANGE))
         for (ch, note), starts in open_notes.items():  # notes never released end with the track
             spans.extend((s, tick, note, ch) for s in starts)
-        notes = [
-            Note(sec(a), sec(b), float(n), ch) for a, b, n, ch in sorted(spans) if ch != DRUM_CHANNEL and b > a
-        ]
+        timed = ((sec(a), sec(b), n, ch) for a, b, n, ch in sorted(spans) if ch != DRUM_CHANNEL)
+        notes = [Note(a, b, float(n), ch) for a, b, n, ch in timed if b > a]
         drums = sum(1 for s in spans if s[3] == DRUM_CHANNEL)
         tracks.append(MidiTrack(i, name, notes, drums, lyrics, bends, programs))
     return tracks
@@ -248,19 +287,25 @@ def skyline(notes: list[Note], min_piece: float = 0.02) -> list[Note]:
     """
     if not notes:
         return []
+    import heapq
+
     bounds = sorted({n.start for n in notes} | {n.end for n in notes})
     order = sorted(range(len(notes)), key=lambda k: notes[k].start)
-    active: list[int] = []
+    # The sounding notes, highest (then latest) first; notes that have ended leave when they reach the top, so
+    # a thick chord costs log time per note instead of a pass over all it holds at every boundary.
+    sounding: list[tuple[float, float, int]] = []
     nxt = 0
     pieces: list[tuple[float, float, int]] = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         while nxt < len(order) and notes[order[nxt]].start <= a:
-            active.append(order[nxt])
+            k = order[nxt]
+            heapq.heappush(sounding, (-notes[k].pitch, -notes[k].start, nxt))
             nxt += 1
-        active = [k for k in active if notes[k].end > a]
-        if not active:
+        while sounding and notes[order[sounding[0][2]]].end <= a:
+            heapq.heappop(sounding)
+        if not sounding:
             continue
-        best = max(active, key=lambda k: (notes[k].pitch, notes[k].start))
+        best = order[sounding[0][2]]
         if pieces and pieces[-1][2] == best and abs(pieces[-1][1] - a) < 1e-9:
             pieces[-1] = (pieces[-1][0], b, best)
         else:
@@ -329,6 +374,9 @@ def melody_from_parts(p: Path, parts: list, *, asked: bool, hop: float = HOP, be
 
     chosen, uncertain, ranked = choose(parts)
     notes = skyline(chosen.notes)
+    if not notes:
+        raise AlignSTSError(f"{p}: every note of {chosen.label()} is shorter than 20 ms; check the file's tempo")
+    check_read_length(p, max(n.end for n in notes))
     f0 = render_notes(notes, hop, bends=bends.get(chosen.index) if bends else None)
     info = {"track": chosen.index, "track_name": chosen.name, "notes": len(notes)}
     if chosen.channel is not None:
@@ -364,19 +412,33 @@ def render_notes(notes: list[Note], hop: float = HOP, *, bends: dict | None = No
     n_frames = int(math.ceil(end / hop - 1e-9))
     midi = np.zeros(n_frames)
     t = np.arange(n_frames) * hop
-    for n in notes:
-        sel = (t >= n.start - 1e-9) & (t < n.end - 1e-9)
-        midi[sel] = n.pitch
-        if bends and n.channel in bends:
-            ev = bends[n.channel]
-            bt = np.array([e[0] for e in ev])
-            bv = np.array([e[1] for e in ev])
-            k = np.searchsorted(bt, t[sel], side="right") - 1
-            midi[sel] += np.where(k >= 0, bv[np.maximum(k, 0)], 0.0)
+    # Frames t with start - 1e-9 <= t < end - 1e-9, found by bisection: linear in notes plus frames.
+    starts = np.searchsorted(t, np.array([n.start for n in notes]) - 1e-9, side="left")
+    stops = np.searchsorted(t, np.array([n.end for n in notes]) - 1e-9, side="left")
+    curves = {ch: (np.array([e[0] for e in ev]), np.array([e[1] for e in ev])) for ch, ev in (bends or {}).items() if ev}
+    for n, a, b in zip(notes, starts, stops):
+        midi[a:b] = n.pitch
+        if n.channel in curves and b > a:
+            bt, bv = curves[n.channel]
+            k = np.searchsorted(bt, t[a:b], side="right") - 1
+            midi[a:b] += np.where(k >= 0, bv[np.maximum(k, 0)], 0.0)
     return np.where(midi > 0, midi_to_hz(np.maximum(midi, 1)), 0.0)
 
 
+def check_read_length(source: str | os.PathLike, end_seconds: float) -> None:
+    """Refuse a melody file that ends after ``MAX_READ_SECONDS``, before its contour is made."""
+    if not end_seconds <= MAX_READ_SECONDS:  # NaN too
+        raise AlignSTSError(
+            f"{source}: the melody lasts {end_seconds / 60:.4g} min, more than the {MAX_MELODY_SECONDS / 60:.0f} min "
+            f"this tool converts at once (even at --tempo {MAX_TEMPO:g}); split the song into sections and convert each"
+        )
+
+
 # --------------------------------------------------------------------------- CSV
+
+#: Largest F0 value a contour file may hold: the top of hearing, in Hz or as a MIDI note number.
+MAX_CSV_HZ = 20000.0
+MAX_CSV_MIDI = 135.0
 
 _TIME_NAMES = ("time", "times", "t", "timestamp", "seconds", "sec", "s")
 _F0_NAMES = ("frequency", "f0", "pitch", "freq", "hz", "f0_hz", "midi", "note", "midi_note")
@@ -478,14 +540,25 @@ def load_f0_csv(
     t_col, f_col, c_col, units = _csv_columns(p, first, header, units)
     times, values, confs = _csv_rows(p, lines, t_col, f_col, c_col)
     if not times:
-        raise AlignSTSError(f"{p}: the CSV has a header but no rows of data")
+        raise AlignSTSError(f"{p}: the CSV has a header but no rows of data; add rows of time,frequency")
     t = np.asarray(times)
     v = np.asarray(values, dtype=np.float64)
     c = np.asarray(confs)
     if np.any(np.diff(t) <= 0):
         k = int(np.nonzero(np.diff(t) <= 0)[0][0])
         raise AlignSTSError(f"{p}: times must increase, but row {k + 2} ({t[k + 1]}) does not; sort the file by time")
+    if t[-1] < 0:
+        raise AlignSTSError(f"{p}: every row is before time 0 (the last at {t[-1]:g} s); times are seconds from the "
+                            "start of the song")
+    check_read_length(p, float(t[-1]))
     voiced = np.isfinite(v) & (v > 0) & (c >= confidence_threshold)
+    top = MAX_CSV_MIDI if units == "midi" else MAX_CSV_HZ
+    if np.any(voiced & (v > top)):
+        bad = float(v[np.nonzero(voiced & (v > top))[0][0]])
+        raise AlignSTSError(
+            f"{p}: an F0 of {bad:g} {'(MIDI note)' if units == 'midi' else 'Hz'} is no pitch a voice has; "
+            + ("give MIDI note numbers (0-127) or pass --f0-units hz" if units == "midi"
+               else "give frequencies in Hz, or pass --f0-units midi for note numbers"))
     if units == "midi":
         hz = np.where(voiced, midi_to_hz(np.where(voiced, v, 69.0)), 0.0)
     else:
@@ -527,6 +600,95 @@ def contour_to_grid(times: np.ndarray, f0: np.ndarray, hop: float = HOP) -> np.n
     return out
 
 
+class _GrowingMedian:
+    """The median of a sequence that only grows (two heaps): the same value as ``np.median``, in log time
+    per value, so a long note is segmented in linear-logarithmic time rather than quadratic."""
+
+    def __init__(self):
+        self.low: list[float] = []  # max-heap (negated) of the lower half
+        self.high: list[float] = []  # min-heap of the upper half
+
+    def add(self, x: float) -> None:
+        import heapq
+
+        if self.low and x > -self.low[0]:
+            heapq.heappush(self.high, x)
+        else:
+            heapq.heappush(self.low, -x)
+        if len(self.low) > len(self.high) + 1:
+            heapq.heappush(self.high, -heapq.heappop(self.low))
+        elif len(self.high) > len(self.low):
+            heapq.heappush(self.low, -heapq.heappop(self.high))
+
+    def value(self) -> float:
+        if len(self.low) > len(self.high):
+            return -self.low[0]
+        return (-self.low[0] + self.high[0]) / 2.0
+
+
+def _note_cuts(run: np.ndarray, jump: float, need: int) -> list[int]:
+    """Where notes start in a voiced ``run`` (MIDI numbers), the end included: where the pitch leaves the
+    current note's median by more than ``jump`` for ``need`` frames, the note being at least ``need`` long."""
+    cuts = [0]
+    median = _GrowingMedian()
+    median.add(float(run[0]))
+    for k in range(1, len(run)):
+        ref = median.value()
+        if abs(run[k] - ref) > jump and k - cuts[-1] >= need:
+            stop = min(k + need, len(run))
+            if stop - k >= need and np.all(np.abs(run[k:stop] - ref) > jump):
+                cuts.append(k)
+                median = _GrowingMedian()
+        median.add(float(run[k]))
+    cuts.append(len(run))
+    return cuts
+
+
+#: How much of a neighbouring note a glide is compared with: its frames nearest the glide, seconds.
+GLIDE_NEIGHBOURHOOD = 0.3
+
+
+def _join_glides(run: np.ndarray, cuts: list[int], glide: int, near: int) -> list[int]:
+    """Join each note shorter than ``glide`` frames (shortest first) to the neighbour nearer in pitch (the
+    first to the next, the last to the previous): a short step between two notes sung legato is the glide
+    from one to the other. A neighbour's pitch is the median of its ``near`` frames next to the glide, and
+    the notes are a linked list under a heap of lengths, so the joins take linear-logarithmic time however
+    many there are (a median over whole notes made a chain of joins quadratic)."""
+    import heapq
+
+    starts = cuts[:-1]
+    end = dict(zip(starts, cuts[1:]))
+    prev = dict(zip(starts[1:], starts[:-1]))
+    nxt = dict(zip(starts[:-1], starts[1:]))
+    def median(x: np.ndarray) -> float:  # np.median's value at a tenth of its cost on these few frames
+        x = np.sort(x)
+        h = len(x) // 2
+        return float(x[h]) if len(x) % 2 else float(x[h - 1] + x[h]) / 2.0
+
+    heap = [(end[a] - a, a) for a in starts if end[a] - a < glide]
+    heapq.heapify(heap)
+    while heap and len(end) > 1:
+        length, a = heapq.heappop(heap)
+        if a not in end or end[a] - a != length:
+            continue  # joined or grown since it was pushed
+        here = median(run[a:end[a]])
+        b, before = nxt.get(a), prev.get(a)
+        into_next = before is None or (
+            b is not None and abs(median(run[b:min(end[b], b + near)]) - here)
+            < abs(median(run[max(before, a - near):a]) - here))
+        keep, gone = (a, b) if into_next else (before, a)
+        end[keep] = end.pop(gone)  # ``keep`` now spans both
+        after = nxt.pop(gone, None)
+        prev.pop(gone, None)
+        if after is not None:
+            nxt[keep], prev[after] = after, keep
+        else:
+            nxt.pop(keep, None)
+        if end[keep] - keep < glide:
+            heapq.heappush(heap, (end[keep] - keep, keep))
+    return sorted(end) + [len(run)]
+
+
 def notes_from_contour(
     f0: np.ndarray, hop: float = HOP, *, min_note: float = 0.05, jump: float = 0.8, glide: float = 0.08
 ) -> list[Note]:
@@ -553,31 +715,9 @@ def notes_from_contour(
         if len(run) >= 5:  # median filter removes single-frame glitches
             pad = np.pad(run, 2, mode="edge")
             run = np.median(np.lib.stride_tricks.sliding_window_view(pad, 5), axis=1)
-        cuts = [0]
-        k = 1
-        while k < len(run):
-            ref = np.median(run[cuts[-1]:k])
-            if abs(run[k] - ref) > jump and k - cuts[-1] >= need:
-                stop = min(k + need, len(run))
-                if np.all(np.abs(run[k:stop] - ref) > jump) and stop - k >= need:
-                    cuts.append(k)
-            k += 1
-        cuts.append(len(run))
-        # A short step between two notes sung legato is the glide from one to the other: join it to the
-        # neighbour nearer in pitch.
-        while len(cuts) > 2:
-            spans = list(zip(cuts[:-1], cuts[1:]))
-            lens = [b - a for a, b in spans]
-            short = min(range(len(spans)), key=lens.__getitem__)
-            if lens[short] * hop >= glide:
-                break
-            a, b = spans[short]
-            here = np.median(run[a:b])
-            if short == 0 or (short < len(spans) - 1 and abs(np.median(run[b:cuts[short + 2]]) - here)
-                              < abs(np.median(run[cuts[short - 1]:a]) - here)):
-                del cuts[short + 1]  # into the next note
-            else:
-                del cuts[short]  # into the previous note
+        cuts = _note_cuts(run, jump, need)
+        cuts = _join_glides(run, cuts, max(1, int(math.ceil(glide / hop - 1e-9))),
+                            max(1, int(round(GLIDE_NEIGHBOURHOOD / hop))))
         for a, b in zip(cuts[:-1], cuts[1:]):
             if b - a >= need:
                 notes.append(Note((i + a) * hop, (i + b) * hop, float(np.median(run[a:b]))))
@@ -749,6 +889,17 @@ SINGING_ABOVE_SPEECH = 5.0
 OCTAVE_FIT = 9.0
 
 
+def check_tempo(tempo: float) -> None:
+    if not (MIN_TEMPO <= tempo <= MAX_TEMPO):  # NaN too
+        raise AlignSTSError(f"--tempo {tempo}: use a factor between {MIN_TEMPO:g} and {MAX_TEMPO:g} (2 = twice as fast)")
+
+
+def check_transpose(semitones: float) -> None:
+    if not abs(semitones) <= MAX_TRANSPOSE:  # NaN too
+        raise AlignSTSError(f"--transpose {semitones}: give semitones from -{MAX_TRANSPOSE:g} to {MAX_TRANSPOSE:g} "
+                            "(12 = an octave up)")
+
+
 def prepare_melody(
     melody: Melody,
     *,
@@ -771,8 +922,8 @@ def prepare_melody(
     The key is kept (whole octaves only), so the song still fits a backing track; ``transpose`` then
     moves it by that many semitones.
     """
-    if not (0.1 <= tempo <= 10.0):
-        raise AlignSTSError(f"--tempo {tempo}: use a factor between 0.1 and 10 (2 = twice as fast)")
+    check_tempo(tempo)
+    check_transpose(transpose)
     if not np.any(melody.voiced) or not melody.notes:
         raise AlignSTSError(f"{melody.source}: the melody has no notes; give a melody with at least one note")
     m = melody.stretched(tempo)
@@ -798,6 +949,10 @@ def prepare_melody(
             f"{melody.source}: the melody lasts {m.duration / 60:.1f} min, more than the {MAX_MELODY_SECONDS / 60:.0f} min "
             "this tool converts at once; split the song into sections and convert each"
         )
+    sung = float(np.count_nonzero(m.voiced)) * m.hop
+    if sung < MIN_SUNG_SECONDS:
+        raise AlignSTSError(f"{melody.source}: the notes last only {sung:.2f} s in all, too short to sing; "
+                            "check the file's tempo (and --tempo)")
     lo, hi = float(m.f0[m.voiced].min()), float(m.f0[m.voiced].max())
     if lo < MIN_F0_HZ or hi > MAX_F0_HZ:
         shift = transpose + 12.0 * octaves
@@ -815,9 +970,9 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
     if not p.exists():
         raise AlignSTSError(f"{p}: no such {what} file; check the path")
     if p.is_dir():
-        raise AlignSTSError(f"{p}: is a folder, not a {what} file")
+        raise AlignSTSError(f"{p}: is a folder, not a {what} file; give one of the files in it")
     if p.stat().st_size == 0:
-        raise AlignSTSError(f"{p}: the {what} file is empty (0 bytes)")
+        raise AlignSTSError(f"{p}: the {what} file is empty (0 bytes); export the melody again")
     return p
 
 

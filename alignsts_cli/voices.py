@@ -126,15 +126,24 @@ def _extract_archive(src: Path, into: Path) -> Path:
     import zipfile
 
     if zipfile.is_zipfile(src):
-        with zipfile.ZipFile(src) as zf:
-            for name in zf.namelist():
-                if Path(name).is_absolute() or ".." in Path(name).parts:
-                    raise AlignSTSError(f"{src}: the archive holds an unsafe path ({name}); refusing to extract it")
-            zf.extractall(into)
+        try:
+            with zipfile.ZipFile(src) as zf:
+                for name in zf.namelist():
+                    if Path(name).is_absolute() or ".." in Path(name).parts:
+                        raise AlignSTSError(f"{src}: the archive holds an unsafe path ({name}); refusing to extract it")
+                zf.extractall(into)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise AlignSTSError(f"{src}: the archive is damaged ({exc}); download it again") from None
         return into
     if tarfile.is_tarfile(src):
-        with tarfile.open(src) as tf:
-            tf.extractall(into, filter="data")
+        try:
+            with tarfile.open(src) as tf:
+                tf.extractall(into, filter="data")  # refuses links and paths that leave ``into``
+        except tarfile.FilterError as exc:
+            raise AlignSTSError(f"{src}: the archive holds an unsafe entry ({exc}); refusing to extract it, "
+                                "use the archive as its authors released it") from None
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise AlignSTSError(f"{src}: the archive is damaged ({exc}); download it again") from None
         return into
     raise AlignSTSError(f"{src}: not a .zip or .tar archive, a folder, or a .ckpt file")
 
@@ -157,8 +166,8 @@ def import_checkpoint(
     folder; the model named ``official`` is the one ``--engine auto`` uses. ``vocoder``: the
     NSF-HiFiGAN checkpoint or its folder when it is not inside ``src``.
 
-    The authors' files are pickles, which can execute code when loaded: import only an archive
-    from a source you trust. They are read once here and never again.
+    The authors' files are pickles, read with tensors and plain data only allowed (a file that holds other
+    objects, which could run code, is refused); they are read once here and never again.
     """
     import shutil
     import tempfile
@@ -180,6 +189,9 @@ def import_checkpoint(
         root = source
         if source.is_file() and source.suffix != ".ckpt":
             root = _extract_archive(source, tmp / "archive")
+            if not any(root.rglob("*.ckpt")):
+                raise AlignSTSError(f"{source}: the archive holds no .ckpt checkpoint; give the authors' AlignSTS "
+                                    "release archive, or its extracted folder")
         import_official(root, tmp / "model" / "acoustic")
         voc_src = Path(vocoder).expanduser() if vocoder is not None else (
             _find_vocoder_folder(root) if root.is_dir() else None)

@@ -98,7 +98,13 @@ def read_lock(path: Path | None = None) -> list[Component]:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise AlignSTSError(f"{path}: weights.lock is missing; reinstall alignsts") from None
+        fix = "reinstall alignsts" if path == Path(PACKAGE_LOCK) else "check the path"
+        raise AlignSTSError(f"{path}: no such weights.lock; {fix}") from None
+    except IsADirectoryError:
+        raise AlignSTSError(f"{path}: is a folder; give the weights.lock file itself") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror or str(exc)
+        raise AlignSTSError(f"{path}: cannot be read as a weights.lock ({why}); give a TOML lock file") from None
     except tomllib.TOMLDecodeError as exc:
         raise AlignSTSError(f"{path}: weights.lock is not valid TOML ({exc}); restore it from the release") from None
     comps = []

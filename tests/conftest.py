@@ -181,7 +181,8 @@ def write_official(path: Path, state: dict, flat: bool = False, step: int = 2000
     import torch
 
     sd = {f"model.{k}": v for k, v in state.items()} if flat else {"model": state}
-    ckpt = {"epoch": 3, "global_step": step, "checkpoint_callback_best": 0.1, "optimizer_states": [{}],
+    # The best validation loss as the authors' trainer keeps it, a numpy float: read under the weights-only rules.
+    ckpt = {"epoch": 3, "global_step": step, "checkpoint_callback_best": np.float64(0.1), "optimizer_states": [{}],
             "state_dict": sd}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path, _use_new_zipfile_serialization=False)

@@ -92,6 +92,10 @@ def fill_holes(f: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(len(f)), idx, f[idx])
 
 
+#: Deepest vibrato accepted (``--vibrato``), cents: a whole tone either way.
+MAX_VIBRATO_CENTS = 200.0
+
+
 def vibrato_cents(taus: np.ndarray, notes: list[Note], n_idx: list[int], depth: float, rate: float,
                   delay: float, fade: float = 0.2) -> np.ndarray:
     """Pitch deviation (cents) ``[len(taus)]`` of a vibrato of peak ``depth`` at ``rate`` Hz in each note of

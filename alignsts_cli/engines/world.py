@@ -30,7 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from alignsts_cli.analysis import SpeechAnalysis, analyse_speech, assign_syllables
-from alignsts_cli.engines.timing import group_spans, plan_info, rest_gate, time_map, vibrato_cents
+from alignsts_cli.engines.timing import MAX_VIBRATO_CENTS, group_spans, plan_info, rest_gate, time_map, vibrato_cents
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.melody import Melody, Note, hz_to_midi, render_notes
 
@@ -87,7 +87,7 @@ class WorldSettings:
         return VIBRATO_DEPTH if score else 0.0
 
     def check(self) -> "WorldSettings":
-        limits = {"vibrato": (self.vibrato_cents, 0.0, 200.0), "vibrato-rate": (self.vibrato_rate, 0.5, 12.0),
+        limits = {"vibrato": (self.vibrato_cents, 0.0, MAX_VIBRATO_CENTS), "vibrato-rate": (self.vibrato_rate, 0.5, 12.0),
                   "portamento": (self.portamento, 0.0, 0.5), "formant-shift": (self.formant_shift, -12.0, 12.0)}
         for name, (value, lo, hi) in limits.items():
             if value is not None and not (math.isfinite(value) and lo <= value <= hi):

@@ -1,5 +1,8 @@
 """Readers of checkpoints that are not ours; each is read once and written in our format.
 
+Pickled checkpoints go through :func:`load_pickle_checkpoint` (``torch.load(weights_only=True)``): tensors and
+plain data only, so no file can run code when read.
+
 * The authors' AlignSTS release (pickled ``.ckpt`` files, read only on request): the acoustic model
   (:func:`import_official`, ``checkpoints/alignsts/model_ckpt_steps_<N>.ckpt``) and its NSF-HiFiGAN
   vocoder (:func:`load_official_nsf`), side by side.
@@ -150,6 +153,38 @@ def config_from_official(state: dict[str, torch.Tensor]) -> AlignSTSConfig:
     )
 
 
+def _numpy_scalars() -> list:
+    """The numpy globals a training script's checkpoint holds beyond tensors (a best validation loss saved as a
+    numpy float): the scalar constructor and the dtypes, under numpy 2's names and numpy 1's."""
+    import numpy as np
+    from numpy._core.multiarray import scalar
+
+    dtypes = [type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"]
+    return ([scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
+            + dtypes + [(d, f"numpy.dtypes.{d.__name__}") for d in dtypes])
+
+
+def load_pickle_checkpoint(path: Path, what: str):
+    """A ``torch.save`` pickle (the authors' ``.ckpt`` files) read with ``torch.load(weights_only=True)``:
+    tensors, containers, numbers, strings and numpy scalars only, so a crafted file cannot run code. A file
+    that needs any other Python object is refused, naming it."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        raise AlignSTSError(
+            f"{path}: the {what} holds a Python object beyond tensors and numbers "
+            f"({found.group(1) if found else 'an unknown type'}), which could run code when loaded, so it is "
+            "refused; ask its authors for the state_dict alone, or re-save that from a copy you trust"
+        ) from None
+    except Exception as exc:
+        raise AlignSTSError(f"{path}: cannot read this {what} ({type(exc).__name__}: {exc}); "
+                            "check that the download is complete") from None
+
+
 def import_official(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Convert the authors' AlignSTS checkpoint into our format; returns ``dst``.
 
@@ -157,9 +192,8 @@ def import_official(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     ``checkpoints/alignsts/model_ckpt_steps_<N>.ckpt`` (the highest N is taken).
     dst: a folder, or a file name ending in ``.safetensors``.
 
-    WARNING: the official file is a pickle. Unpickling can execute arbitrary code written by whoever
-    made the file; call this only on a checkpoint you trust, and only when the user asked to import it.
-    The result is safetensors, which loads without running code.
+    The official file is a pickle, read with :func:`load_pickle_checkpoint` (tensors and plain data only, so it
+    cannot run code); the result is safetensors.
 
     Every official key is loaded into the parameter or buffer of the same name; a key with no
     counterpart (left over), a counterpart with no key (missing) or a shape mismatch raises
@@ -167,11 +201,7 @@ def import_official(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     recorded in the config's ``extra``.
     """
     ckpt_path = find_official_checkpoint(src)
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # pickle: runs the file's code
-    except Exception as exc:
-        raise AlignSTSError(f"{ckpt_path}: cannot read this checkpoint ({type(exc).__name__}: {exc}); "
-                            "check that the download is complete") from None
+    ckpt = load_pickle_checkpoint(ckpt_path, "checkpoint")
     state = official_state_dict(ckpt)
     config = config_from_official(state)
     config.extra = {
@@ -295,19 +325,15 @@ def load_official_nsf(ckpt_path_or_folder: str | os.PathLike, *, sample_rate: in
     beside the file, else it is read back from the weights (rates from ``noise_convs`` and
     ``hop_length``, dilations assumed [1, 3, 5]). Weight norm is folded away.
 
-    Warning: a ``.ckpt`` file is a pickle and loading it (``weights_only=False``) can execute code
-    written by whoever made the file. Only load files from a source you trust, and convert them once
-    with :func:`save_vocoder` into the safetensors format.
+    The ``.ckpt`` pickle is read with :func:`load_pickle_checkpoint` (no code runs); convert it once with
+    :func:`save_vocoder` into the safetensors format.
     """
     path = Path(ckpt_path_or_folder).expanduser()
     if path.is_dir():
         path = _newest_ckpt(path)
     if not path.exists():
         raise AlignSTSError(f"{path}: no such vocoder checkpoint; check the path")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise AlignSTSError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from None
+    ckpt = load_pickle_checkpoint(path, "vocoder checkpoint")
     sd = None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         inner = ckpt["state_dict"]
@@ -367,10 +393,7 @@ def load_jik876(generator_ckpt: str | os.PathLike, config_json: str | os.PathLik
         h = json.loads(cfg_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise AlignSTSError(f"{cfg_path}: not valid JSON ({exc})") from None
-    try:
-        ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AlignSTSError(f"{ckpt_path}: cannot be read as a plain generator checkpoint ({exc})") from None
+    ckpt = load_pickle_checkpoint(Path(ckpt_path), "generator checkpoint")
     sd = ckpt.get("generator") if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         raise AlignSTSError(f"{ckpt_path}: has no 'generator' entry; is it a jik876 generator_* file?")

@@ -231,7 +231,7 @@ def test_load_official_nsf_from_weights_alone(tmp_path):
     assert a.shape == (1, 1, 50 * 128)
     assert torch.equal(a, b)
     assert not torch.equal(a, c) and not torch.allclose(a, d)
-    assert "execute code" in foreign.load_official_nsf.__doc__
+    assert "no code runs" in foreign.load_official_nsf.__doc__
 
 
 def test_load_official_nsf_reads_config_yaml(tmp_path):
