@@ -66,9 +66,11 @@ class MelodyOptions:
         return self
 
 
-def check_sampling(vibrato: float | None, seed: int | None) -> None:
-    """Refuse a ``--vibrato`` depth or ``--seed`` that no engine can use, before any work."""
+def check_options(melody_options: MelodyOptions | None, vibrato: float | None, seed: int | None) -> None:
+    """Refuse melody options, a ``--vibrato`` depth or a ``--seed`` that no engine can use, before any work."""
     from alignsts_cli.engines.timing import MAX_VIBRATO_CENTS
+
+    (melody_options or MelodyOptions()).check()
 
     if vibrato is not None and not (math.isfinite(vibrato) and 0.0 <= vibrato <= MAX_VIBRATO_CENTS):
         raise AlignSTSError(f"--vibrato {vibrato}: give a depth in cents from 0 to {MAX_VIBRATO_CENTS:g} "
@@ -202,8 +204,7 @@ class Converter:
         save_plan: str | os.PathLike | None = None,
     ) -> ConversionResult:
         """One conversion (see the module-level ``convert``)."""
-        check_sampling(vibrato, seed)
-        (melody_options or MelodyOptions()).check()
+        check_options(melody_options, vibrato, seed)
         step = progress or (lambda stage, frac: None)
         job = self._prepare(speech, melody, output, melody_options, plot, overwrite, step, plan, save_plan)
         if self.engine == "alignsts":
@@ -223,8 +224,7 @@ class Converter:
         other exception a bug met on it. The neural engine on CUDA sings up to four songs per
         acoustic-model batch; elsewhere songs go one by one.
         """
-        check_sampling(vibrato, seed)
-        (melody_options or MelodyOptions()).check()
+        check_options(melody_options, vibrato, seed)
         group = 4 if self.engine == "alignsts" and self.neural.device == "cuda" else 1
         quiet = lambda stage, frac: None  # noqa: E731
         for i in range(0, len(jobs), group):

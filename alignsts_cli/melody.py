@@ -7,6 +7,7 @@ MIDI the notes come from the file; for a contour they are segmented from it.
 """
 from __future__ import annotations
 
+import heapq
 import io
 import math
 import os
@@ -287,8 +288,6 @@ def skyline(notes: list[Note], min_piece: float = 0.02) -> list[Note]:
     """
     if not notes:
         return []
-    import heapq
-
     bounds = sorted({n.start for n in notes} | {n.end for n in notes})
     order = sorted(range(len(notes)), key=lambda k: notes[k].start)
     # The sounding notes, highest (then latest) first; notes that have ended leave when they reach the top, so
@@ -609,8 +608,6 @@ class _GrowingMedian:
         self.high: list[float] = []  # min-heap of the upper half
 
     def add(self, x: float) -> None:
-        import heapq
-
         if self.low and x > -self.low[0]:
             heapq.heappush(self.high, x)
         else:
@@ -654,8 +651,6 @@ def _join_glides(run: np.ndarray, cuts: list[int], glide: int, near: int) -> lis
     from one to the other. A neighbour's pitch is the median of its ``near`` frames next to the glide, and
     the notes are a linked list under a heap of lengths, so the joins take linear-logarithmic time however
     many there are (a median over whole notes made a chain of joins quadratic)."""
-    import heapq
-
     starts = cuts[:-1]
     end = dict(zip(starts, cuts[1:]))
     prev = dict(zip(starts[1:], starts[:-1]))
