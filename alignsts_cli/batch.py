@@ -8,18 +8,27 @@ Three ways, tried in this order:
 
 :func:`run_jobs` then converts them with the batch's rules (no melody: failed with where it looked;
 output already there: skipped unless overwrite; one failure never stops the rest).
+
+Across machines: :func:`take_shard` keeps one stable shard of the jobs (``--shard I/N``, shards.py),
+:func:`write_report` records what one run did in ``OUTDIR/batch-reports/I-of-N.json``, and
+:func:`merge_reports` reads every shard's report back (``alignsts batch --report``).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import socket
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignsts_cli.audio import AUDIO_EXTENSIONS
 from alignsts_cli.errors import AlignSTSError
-from alignsts_cli.files import OutputClaimed, read_path_rows
+from alignsts_cli.files import OutputClaimed, read_json, read_path_rows, write_json
+from alignsts_cli.shards import Shard
 
 MANIFEST = "pairs.csv"
+REPORTS = "batch-reports"  # inside the output folder: one <I>-of-<N>.json per shard
+REPORT_FORMAT = "alignsts-batch-report"
 #: Suffixes searched, in order, for a speech file's melody when pairing by stem.
 MELODY_SUFFIXES = (".mid", ".midi", ".f0.csv", ".csv") + tuple(".melody" + e for e in AUDIO_EXTENSIONS)
 
@@ -169,3 +178,80 @@ def run_jobs(converter, jobs: list[Job], *, overwrite: bool = False, progress=No
             if id(job) not in done:
                 record(Outcome(job, "failed", note=why))
     return [done[id(j)] for j in jobs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards and their reports
+# ---------------------------------------------------------------------------------------------
+
+def job_key(job: Job, outdir: Path) -> str:
+    """What names a job the same way on every machine: its output's path inside the output folder
+    (the output's full path when a manifest sends it elsewhere)."""
+    try:
+        return job.output.resolve().relative_to(outdir.resolve()).as_posix()
+    except ValueError:
+        return job.output.resolve().as_posix()
+
+
+def take_shard(jobs: list[Job], outdir: str | os.PathLike, shard: Shard) -> list[Job]:
+    """The jobs of ``shard``: a stable partition, whatever the machine or the order of listing."""
+    outdir = Path(outdir).expanduser()
+    return [j for j in jobs if shard.holds(job_key(j, outdir))]
+
+
+def write_report(outdir: str | os.PathLike, shard: Shard, outcomes: list[Outcome], jobs_total: int) -> Path:
+    """Record one run's outcomes in ``outdir/batch-reports/<I>-of-<N>.json`` (replacing that shard's
+    earlier report: a shard run again reports what it found the second time)."""
+    outdir = Path(outdir).expanduser()
+    (outdir / REPORTS).mkdir(parents=True, exist_ok=True)
+    return write_json(outdir / REPORTS / f"{shard.name}.json", {
+        "format": REPORT_FORMAT, "version": 1, "shard": str(shard), "jobs_total": jobs_total,
+        "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished_unix": time.time(),
+        "outcomes": [{"key": job_key(o.job, outdir), "speech": str(o.job.speech),
+                      "melody": str(o.job.melody) if o.job.melody else None, "output": str(o.job.output),
+                      "status": o.status, "seconds": o.seconds, "note": o.note} for o in outcomes],
+    })
+
+
+@dataclass
+class Merged:
+    """Every shard's report of one output folder, merged: one outcome per job (the newest report's)."""
+
+    count: int  # shards the work was split into
+    reports: list[dict]  # the reports read, by shard
+    outcomes: list[Outcome]
+    missing: list[int] = field(default_factory=list)  # shards with no report yet
+    jobs_total: int = 0  # jobs the runs listed (all shards)
+    stale: list[str] = field(default_factory=list)  # reports of another split, left out
+
+
+def merge_reports(outdir: str | os.PathLike) -> Merged:
+    """Read ``outdir/batch-reports/*.json`` back into one account (``alignsts batch --report``)."""
+    outdir = Path(outdir).expanduser()
+    folder = outdir / REPORTS
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    reports = []
+    for path in files:
+        data = read_json(path, missing="vanished while being read", unreadable="not a batch report",
+                         fix="delete it and run that shard again")
+        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+            raise AlignSTSError(f"{path}: not an alignsts batch report; delete it and run that shard again")
+        data["shard"] = Shard.parse(str(data.get("shard", "")))
+        data["path"] = path
+        reports.append(data)
+    if not reports:
+        raise AlignSTSError(f"{outdir}: no batch reports (looked in {folder}); run `alignsts batch FOLDER -o {outdir}` "
+                            "(with --shard I/N on each machine) first")
+    newest = max(reports, key=lambda r: r.get("finished_unix", 0))
+    count = newest["shard"].count
+    stale = [str(r["path"]) for r in reports if r["shard"].count != count]
+    reports = sorted((r for r in reports if r["shard"].count == count), key=lambda r: r["shard"].index)
+    by_key: dict[str, Outcome] = {}
+    for report in sorted(reports, key=lambda r: r.get("finished_unix", 0)):  # newer reports win
+        for row in report.get("outcomes", []):
+            job = Job(Path(row["speech"]), Path(row["melody"]) if row.get("melody") else None, Path(row["output"]))
+            by_key[row["key"]] = Outcome(job, row["status"], row.get("seconds"), row.get("note", ""))
+    seen = {r["shard"].index for r in reports}
+    return Merged(count, reports, [by_key[k] for k in sorted(by_key)],
+                  missing=[i for i in range(1, count + 1) if i not in seen],
+                  jobs_total=max(int(r.get("jobs_total", 0)) for r in reports), stale=stale)

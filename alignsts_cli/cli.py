@@ -274,17 +274,27 @@ def batch(
     formant_shift: FormantShift = 0.0,
     vibrato_rate: VibratoRate = None,
     overwrite: Overwrite = False,
+    shard: Annotated[Optional[str], typer.Option(
+        help="Run only shard I of N (e.g. 2/3): a stable split of the files, so N machines (a SLURM array) "
+        "can sing one folder into one output folder.")] = None,
+    report: Annotated[bool, typer.Option(
+        "--report", help="Convert nothing: merge the shards' reports in the output folder and say what is done.")] = False,
 ):
     """Convert every speech file in FOLDER; one failure never stops the rest.
 
     Pairs come from pairs.csv, from --melody, or from matching names (take1.wav + take1.mid).
     """
     from alignsts_cli import api
-    from alignsts_cli.batch import find_jobs, run_jobs
+    from alignsts_cli.batch import find_jobs, run_jobs, take_shard, write_report
+    from alignsts_cli.shards import Shard
 
     if output_dir is None:
         base = folder.expanduser().resolve()
         output_dir = base.parent / f"{base.name}-sung"
+    if report:
+        _batch_report(folder, output_dir)
+        return
+    part = Shard.parse(shard) if shard is not None else Shard(1, 1)
     converter = api.Converter(engine, model=model, device=device, precision=precision, threads=threads,
                               timbre=timbre, portamento=portamento, formant_shift=formant_shift,
                               vibrato_rate=vibrato_rate)
@@ -293,7 +303,8 @@ def batch(
         confidence=confidence, transpose=transpose, tempo=tempo, auto_key=auto_key,
         exact_octave=exact_octave, f0_method=f0_method,
     )
-    jobs = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
+    listed = find_jobs(folder, output_dir, melody=melody, manifest=manifest, recursive=recursive)
+    jobs = take_shard(listed, output_dir, part)
     if converter.engine == "alignsts":
         _console(stderr=True).print(f"using the {converter.describe()}")
     with _progress("items", "converting", total=len(jobs)) as (bar, task):
@@ -305,7 +316,34 @@ def batch(
         outcomes = run_jobs(converter, jobs, overwrite=overwrite, progress=show, melody_options=options,
                             vibrato=vibrato, seed=seed)
     _batch_table(folder, output_dir, outcomes)
+    if shard is not None:  # a report only where shards are to be merged: a plain batch leaves songs alone
+        written = write_report(output_dir, part, outcomes, len(listed))
+        _console().print(f"shard {part}: {len(jobs)} of the {len(listed)} files; report in {written} "
+                         f"(`alignsts batch {folder} -o {output_dir} --report` merges the shards' reports)")
     if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _batch_report(folder: Path, output_dir: Path) -> None:
+    """``batch --report``: the shards' reports merged into one table, and what is still to run."""
+    from alignsts_cli.batch import merge_reports
+
+    merged = merge_reports(output_dir)
+    out = _console()
+    for r in merged.reports:
+        counts = {s: sum(1 for o in r["outcomes"] if o["status"] == s) for s in ("ok", "skipped", "failed")}
+        out.print(f"shard {r['shard']}: {len(r['outcomes'])} files ({counts['ok']} converted, {counts['skipped']} "
+                  f"skipped, {counts['failed']} failed) on {r.get('host', '?')}, finished {r.get('finished', '?')}")
+    _batch_table(folder, output_dir, merged.outcomes)
+    present = sum(1 for o in merged.outcomes if o.status != "failed" and o.job.output.exists())
+    out.print(f"{present} of the {merged.jobs_total} files listed have their song in {output_dir}")
+    for path in merged.stale:
+        out.print(f"[yellow]left out {path}: a report of another split (delete it if that run is over)[/]")
+    if merged.missing:
+        shards = ", ".join(f"{i}/{merged.count}" for i in merged.missing)
+        raise AlignSTSError(f"no report yet from shard {shards}; run `alignsts batch {folder} -o {output_dir} "
+                            f"--shard I/{merged.count}` for each")
+    if any(o.status == "failed" for o in merged.outcomes):
         raise typer.Exit(EXIT_USER_ERROR)
 
 

@@ -87,3 +87,65 @@ def test_what_convert_would_note_is_in_the_batch_row(tmp_path):
     assert by["low.wav"].status == "ok" and "24 semitones above" in by["low.wav"].note
     assert str(jobs[0].output) in by["low.wav"].note
     assert by["a.wav"].note == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards (--shard I/N) and their merged report
+# ---------------------------------------------------------------------------------------------
+
+def test_shard_parse_and_stable_partition(tmp_path):
+    import pytest
+
+    from alignsts_cli.batch import take_shard
+    from alignsts_cli.shards import Shard
+
+    assert Shard.parse("2/3") == Shard(2, 3) and Shard.parse(" 1 / 1 ").name == "1-of-1"
+    for bad, why in [("0/3", "count from 1"), ("4/3", "1 to 3"), ("2", "give I/N"), ("a/b", "give I/N"),
+                     ("1/0", "must be 1 to")]:
+        with pytest.raises(AlignSTSError, match=why):
+            Shard.parse(bad)
+    names = [f"sub/take{i:02d}.wav" for i in range(40)]
+    here = [Job(tmp_path / "in" / n, None, tmp_path / "out" / n) for n in names]
+    elsewhere = [Job(Path("/mnt/x/in") / n, None, Path("/mnt/x/out") / n) for n in reversed(names)]  # another machine
+    parts = [take_shard(here, tmp_path / "out", Shard(i, 3)) for i in (1, 2, 3)]
+    there = [take_shard(elsewhere, "/mnt/x/out", Shard(i, 3)) for i in (1, 2, 3)]
+    assert sorted(len(p) for p in parts) != [0, 0, 40] and sum(len(p) for p in parts) == 40
+    for mine, theirs in zip(parts, there):  # the same files, whatever the folder's place or the listing order
+        assert sorted(j.speech.name for j in mine) == sorted(j.speech.name for j in theirs)
+    grown = here + [Job(tmp_path / "in" / "new.wav", None, tmp_path / "out" / "new.wav")]
+    for i, part in enumerate(parts, 1):  # adding a file moves no other
+        assert set(map(id, part)) <= set(map(id, take_shard(grown, tmp_path / "out", Shard(i, 3))))
+
+
+def test_twenty_files_in_three_shards_run_at_once_into_one_folder(tmp_path):
+    """Three processes, one folder: every output made once, none twice, and the merged report counts 20."""
+    import json
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    audio, sr = sf.read(examples / "speech.wav")
+    (tmp_path / "in").mkdir()
+    for i in range(20):
+        sf.write(tmp_path / "in" / f"take{i:02d}.wav", audio[: int(1.5 * sr)], sr)
+    out = tmp_path / "out"
+    run = [sys.executable, "-m", "alignsts_cli", "batch", str(tmp_path / "in"), "-m", str(examples / "melody.mid"),
+           "-o", str(out), "--engine", "psola"]
+    procs = [subprocess.Popen(run + ["--shard", f"{i}/3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in (1, 2, 3)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    assert sorted(p.name for p in out.glob("*.wav")) == [f"take{i:02d}.wav" for i in range(20)]
+    reports = [json.loads((out / "batch-reports" / f"{i}-of-3.json").read_text()) for i in (1, 2, 3)]
+    converted = [row["key"] for r in reports for row in r["outcomes"] if row["status"] == "ok"]
+    assert sorted(converted) == [f"take{i:02d}.wav" for i in range(20)]  # each once: no file sung twice
+    assert all(r["jobs_total"] == 20 for r in reports)
+    merged = subprocess.run(run[:5] + ["-o", str(out), "--report"], capture_output=True, text=True, timeout=120)
+    assert merged.returncode == 0, merged.stderr
+    assert "20 converted, 0 skipped, 0 failed" in merged.stdout
+    assert "20 of the 20 files listed have their song" in merged.stdout
+    (out / "batch-reports" / "2-of-3.json").unlink()  # a shard that has not run yet: said, and rc 1
+    missing = subprocess.run(run[:5] + ["-o", str(out), "--report"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no report yet from shard 2/3" in missing.stderr
