@@ -569,10 +569,17 @@ def prepare(
     ] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed of the train / valid / test split.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda: where the feature models run.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Processes computing items at once (each loads the feature models).")] = 1,
+    shard: Annotated[Optional[str], typer.Option(
+        help="Compute only shard I of N of the items (e.g. 2/3), for one machine of many writing one cache; "
+        "then one run without --shard finishes the cache.")] = None,
 ):
     """Extract what training needs (content, speaker, singing mel and F0, speech mel) once, into a cache."""
     from alignsts_cli.training import cache as prepared
     from alignsts_cli.runtime import pick_device
+    from alignsts_cli.shards import Shard
+
+    part = Shard.parse(shard) if shard is not None else None
 
     dim = content_dim if content_dim is not None else {"wav2vec2-ctc": 32, "phones": 41}.get(content, 20)
     content_model = None
@@ -587,12 +594,17 @@ def prepare(
             seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, device=pick_device(device),
             progress=lambda done, total, item_id: bar.update(task, description=f"preparing {item_id}",
                                                              completed=done, total=total),
+            workers=workers, shard=part,
         )
     s = res.splits
+    what = f"shard {part} of {res.cache}" if part else f"wrote {res.cache}"
     print(
-        f"wrote {res.cache} ({res.items} items: {s['train']} train, {s['valid']} valid, {s['test']} test; "
+        f"{what} ({res.items} items: {s['train']} train, {s['valid']} valid, {s['test']} test; "
         f"{res.hours:.2f} h of singing; {res.computed} computed, {res.reused} already done)"
     )
+    if part:
+        print(f"when every shard has run, finish the cache once with `alignsts prepare {dataset} -o {output}` "
+              "(no --shard): it reuses what the shards wrote")
     for item_id, reason in res.failed:
         print(f"left out {item_id}: {reason}", file=sys.stderr)
 

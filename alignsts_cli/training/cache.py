@@ -16,7 +16,10 @@
                                 engine feeds the model at inference), Praat singing settings
         speech_mel   [T_s, 80]  speech mel (its rhythm curve is the "w/o rhythm adaptor" source)
 
-Each item file is written atomically, so an interrupted ``prepare`` resumes where it stopped.
+Each item file is written atomically, so an interrupted ``prepare`` resumes where it stopped, and
+several runs can fill one cache at once: ``workers`` processes on one machine, and ``shard`` (I of N,
+shards.py) for one machine of many. A sharded run writes only its items' files; one run without a
+shard then finishes the cache (``items.json``), reusing every file the shards wrote.
 The one reader is :func:`read_cache` (a :class:`Cache`); :class:`CacheDataset` and :func:`collate` turn a
 split of it into padded torch batches.
 """
@@ -33,6 +36,7 @@ import numpy as np
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.files import atomic_output, check_output_path, write_json
 from alignsts_cli.runtime import one_torch_thread
+from alignsts_cli.shards import Shard
 from alignsts_cli.training.data import SPLITS, Item, read_any, split_items
 
 CACHE_FORMAT = "alignsts-cache"
@@ -51,12 +55,13 @@ ProgressFn = Callable[[int, int, str], None]
 @dataclass
 class PrepareResult:
     cache: Path
-    items: int  # items in the cache
+    items: int  # items in the cache (in this shard, for a sharded run)
     computed: int  # items whose features were computed by this run
     reused: int  # items found done from an earlier (interrupted) run
     failed: list[tuple[str, str]]  # (id, reason) of items left out
     splits: dict[str, int]
     hours: float  # of singing in the cache
+    shard: "Shard | None" = None  # a sharded run: the cache is left for a run without a shard to finish
 
 
 def _load_work_audio(path: Path) -> tuple[np.ndarray, int]:
@@ -153,6 +158,8 @@ def prepare(
     test_fraction: float = 0.1,
     progress: ProgressFn | None = None,
     device: str = "cpu",
+    workers: int = 1,
+    shard: Shard | None = None,
 ) -> PrepareResult:
     """Extract everything training needs from ``dataset`` into the cache folder ``out``, once.
 
@@ -162,8 +169,12 @@ def prepare(
     folder for ``content_kind="wav2vec2-ctc"``. ``progress(done, total, item_id)`` is called after
     each item. An item whose audio is unusable (silent, too short, unreadable) is left out and
     listed in ``cache.json`` under ``failed``; the library never prints.
+
+    ``workers``: item features computed in that many processes at once (each loads the feature models
+    once, and runs torch on one thread). ``shard``: compute only that shard's items and leave the cache
+    unfinished; a later run without a shard finishes it. Either way the files are the same as one
+    process would write.
     """
-    from alignsts_cli.features import FeatureExtractor
     from alignsts_cli.profiles import get_profile
 
     p = get_profile(profile)
@@ -186,29 +197,29 @@ def prepare(
     (out / "items").mkdir(parents=True, exist_ok=True)
     splits = split_items(items, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction)
     split_of = {it.id: s for s, group in splits.items() for it in group}
-    order = [it for it in items if it.id in split_of]
-    write_json(info_path, {**info, "complete": False})
-
-    def extractor():  # loaded once, and only when an item needs computing
-        if not loaded:
-            loaded.append(FeatureExtractor(content_kind, content_dim, content_model=content_model, device=device))
-        return loaded[0]
-
-    loaded, records, failed = [], [], []
+    order = [it for it in items if it.id in split_of and (shard is None or shard.holds(it.id))]
+    if workers < 1:
+        raise AlignSTSError(f"--workers {workers}: give 1 or more processes")
+    if shard is None or not info_path.exists():  # shards running at once write the same unfinished info
+        write_json(info_path, {**info, "complete": False})
+    features = (content_kind, content_dim, content_model, device)
+    records, failed = [], []
     computed = reused = 0
-    with one_torch_thread(device):
-        for k, item in enumerate(order):
-            shapes, done_before = _item_file(out / "items" / f"{item.id}.npz", item, extractor, p, failed)
-            if shapes is not None:
-                reused, computed = (reused + 1, computed) if done_before else (reused, computed + 1)
-                records.append(_record(item, split_of[item.id], shapes))
-            if progress is not None:
-                progress(k + 1, len(order), item.id)
+    for k, (item, (shapes, done_before, reason)) in enumerate(_item_files(out, order, features, p, workers)):
+        if shapes is not None:
+            reused, computed = (reused + 1, computed) if done_before else (reused, computed + 1)
+            records.append(_record(item, split_of[item.id], shapes))
+        else:
+            failed.append((item.id, reason))
+        if progress is not None:
+            progress(k + 1, len(order), item.id)
+    counts = {s: sum(r["split"] == s for r in records) for s in SPLITS}
+    hours = sum(r["frames"] for r in records) / p.frames_per_second / 3600
+    if shard is not None:
+        return PrepareResult(out, len(records), computed, reused, failed, counts, hours, shard)
     if not records:
         reason = failed[0][1] if failed else "no items"
         raise AlignSTSError(f"no item of the dataset could be prepared (first problem: {reason})")
-    counts = {s: sum(r["split"] == s for r in records) for s in SPLITS}
-    hours = sum(r["frames"] for r in records) / p.frames_per_second / 3600
     write_json(out / "items.json", records)
     write_json(info_path, {
         **info, "items": len(records), "complete": True, "splits": counts, "seed": seed,
@@ -233,19 +244,75 @@ def _check_resumable(out: Path, info: dict) -> None:
             )
 
 
-def _item_file(path: Path, item: Item, extractor, profile, failed: list) -> tuple[dict | None, bool]:
-    """(array shapes, found done before?) of one item's file, computing and writing it when missing or
-    unreadable; (None, False) when the item's audio is unusable (its reason is appended to ``failed``)."""
-    shapes = _npz_shapes(path) if path.exists() else None
-    if shapes is not None:
-        return shapes, True
+def _item_files(out: Path, order: list[Item], features: tuple, profile, workers: int):
+    """(item, (shapes, found done before?, why not)) for each item of ``order``, in order: files already
+    done are read, the rest computed here or by ``workers`` processes (as they finish, kept in order)."""
+    todo = []
+    found = {}
+    for item in order:
+        path = out / "items" / f"{item.id}.npz"
+        shapes = _npz_shapes(path) if path.exists() else None
+        if shapes is not None:
+            found[item.id] = (shapes, True, "")
+        else:
+            todo.append(item)
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads do not fork
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_start_worker,
+                                 initargs=features) as pool:
+            pending = {item.id: pool.submit(_worker_item, out, item, profile.name) for item in todo}
+            try:
+                for item in order:
+                    yield item, found[item.id] if item.id in found else pending[item.id].result()
+            except BaseException:  # stopped (Ctrl-C, a bug): finish only the items already being computed
+                for future in pending.values():
+                    future.cancel()
+                raise
+        return
+    extractor = None
+    with one_torch_thread(features[3]):
+        for item in order:
+            if item.id in found:
+                yield item, found[item.id]
+                continue
+            if extractor is None:  # loaded once, and only when an item needs computing
+                from alignsts_cli.features import FeatureExtractor
+
+                extractor = FeatureExtractor(features[0], features[1], content_model=features[2], device=features[3])
+            yield item, _compute_file(out, item, extractor, profile)
+
+
+def _compute_file(out: Path, item: Item, extractor, profile) -> tuple[dict | None, bool, str]:
+    """Compute one item's arrays and write its file: (shapes, False, ""), or (None, False, why) when the
+    item's audio is unusable."""
     try:
-        arrays = compute_item(item, extractor(), profile)
+        arrays = compute_item(item, extractor, profile)
     except AlignSTSError as exc:
-        failed.append((item.id, str(exc)))
-        return None, False
-    _save_npz(path, arrays)
-    return {name: a.shape for name, a in arrays.items()}, False
+        return None, False, str(exc)
+    _save_npz(out / "items" / f"{item.id}.npz", arrays)
+    return {name: a.shape for name, a in arrays.items()}, False, ""
+
+
+_WORKER: dict = {}  # in a worker process of prepare(workers=N): its feature extractor
+
+
+def _start_worker(content_kind, content_dim, content_model, device) -> None:
+    from alignsts_cli.features import FeatureExtractor
+
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # the workers share the cores
+    _WORKER["extractor"] = FeatureExtractor(content_kind, content_dim, content_model=content_model, device=device)
+
+
+def _worker_item(out: Path, item: Item, profile_name: str):
+    from alignsts_cli.profiles import get_profile
+
+    return _compute_file(out, item, _WORKER["extractor"], get_profile(profile_name))
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple] | None:

@@ -1,5 +1,6 @@
 """The prepared cache (alignsts_cli/training/cache.py): prepare, resume, the reader and its torch batches."""
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -162,3 +163,42 @@ def test_load_cache_errors(tmp_path, cache):
     (broken / "items" / f"{C.read_cache(cache).items[0]['id']}.npz").unlink()
     with pytest.raises(AlignSTSError, match="run `alignsts prepare` again"):
         C.CacheDataset(broken, ["train", "valid", "test"])[0]
+
+
+def test_shards_and_workers_fill_one_cache_at_once(cache, corpus, tmp_path):
+    """Two machines' shards at once (one with two worker processes), then one run finishes the cache:
+    the same cache, file for file, as one process made."""
+    import json
+    import subprocess
+    import sys
+
+    from alignsts_cli.shards import Shard
+
+    out = tmp_path / "c2"
+    run = [sys.executable, "-m", "alignsts_cli", "prepare", str(corpus), "-o", str(out), "--device", "cpu"]
+    ids = [it["id"] for it in C.read_cache(cache).items] + ["zz-silent"]
+    assert all(any(Shard(i, 2).holds(x) for x in ids) for i in (1, 2))  # both shards have work
+    procs = [subprocess.Popen(run + ["--shard", "1/2", "--workers", "2"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True),
+             subprocess.Popen(run + ["--shard", "2/2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "finish the cache once" in logs[0] and not (out / "items.json").exists()
+    with pytest.raises(AlignSTSError, match="unfinished"):
+        C.read_cache(out)
+    done = subprocess.run(run + ["--workers", "2"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 computed, 6 already done" in done.stdout and "left out zz-silent" in done.stderr
+    assert json.loads((out / "items.json").read_text()) == json.loads((cache / "items.json").read_text())
+    for name in ids[:-1]:
+        with np.load(cache / "items" / f"{name}.npz") as a, np.load(out / "items" / f"{name}.npz") as b:
+            for key in C.ITEM_ARRAYS:
+                np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5, err_msg=f"{name} {key}")
+
+
+def test_workers_compute_the_same_items(cache, corpus, tmp_path):
+    res = C.prepare(corpus, tmp_path / "c3", workers=2)
+    assert res.computed == 6 and res.reused == 0 and [f[0] for f in res.failed] == ["zz-silent"]
+    assert json.loads((tmp_path / "c3" / "items.json").read_text()) == json.loads((cache / "items.json").read_text())
+    with pytest.raises(AlignSTSError, match="--workers 0"):
+        C.prepare(corpus, tmp_path / "c4", workers=0)
