@@ -633,7 +633,8 @@ def train_command(
     OUTPUT/samples/, and the newest model as OUTPUT/voice (convert --engine alignsts --model OUTPUT/voice).
     Run the same command again to resume after an interruption.
     """
-    from alignsts_cli.training.train import TrainConfig, checkpoints, train
+    from alignsts_cli.training import distributed
+    from alignsts_cli.training.train import TrainConfig, train
 
     cfg = TrainConfig.load(config) if config is not None else None
     if cfg is None and not (output / "train_config.json").exists():
@@ -644,6 +645,15 @@ def train_command(
     changes = {k: v for k, v in (("steps", steps), ("device", device)) if v is not None}
     if changes:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
+    if not distributed.requested() or os.environ.get("RANK", "0") == "0":
+        _train_and_report(cache, output, cfg, resume)
+    else:  # the other ranks of a torchrun: rank 0 speaks for the run
+        train(cache, output, cfg, resume=resume)
+
+
+def _train_and_report(cache: Path, output: Path, cfg, resume: bool) -> None:
+    from alignsts_cli.training.train import checkpoints, train
+
     with _progress("items", "training", total=cfg.steps) as (bar, task):
 
         def show(step, total, info):
@@ -664,6 +674,9 @@ def train_command(
     resumed = f" (resumed from step {result['resumed_from']})" if result["resumed_from"] is not None else ""
     speed = f", {result['seconds_per_step']:.2f} s/step" if result["seconds_per_step"] else ""
     print(f"trained to step {result['step']}{resumed}{speed}; {result['parameters'] / 1e6:.2f} M parameters")
+    if result["world_size"] > 1:
+        print(f"on {result['world_size']} processes ({result['backend']}), {result['per_rank_batch']} of the "
+              f"{cfg.batch_size} items of each step per process; {result['precision']}")
     if result["valid"]:
         print(f"valid loss {result['valid']['total']:.4f} at step {result['valid']['step']}")
     print(f"checkpoint {result['checkpoint']}; logs {output / 'log.csv'}, {output / 'valid.csv'}")

@@ -10,9 +10,16 @@ Modes (``TrainConfig.mode``):
 * ``"zero-shot"``: singing-to-singing (paper §4.4). Content and speaker come from the singing itself;
   at inference the model is fed speech, as in ``sts``.
 
-Each step: a length-bucketed batch of train items (long items randomly cropped to ``max_frames`` mel
-frames, content cut proportionally), ``model.forward`` with explicit lengths, AdamW, gradient clipping,
-inverse-square-root learning rate with warm-up. The run folder::
+Each step: a length-bucketed batch of ``batch_size`` train items (long items randomly cropped to
+``max_frames`` mel frames, content cut proportionally; each item's crop and diffusion draw come from its
+own place in the data, not from the process), ``model.forward`` with explicit lengths, AdamW, gradient
+clipping, inverse-square-root learning rate with warm-up. ``batch_size`` is the global batch: under
+``torchrun`` (distributed.py) each of the W ranks takes 1/W of it, in ``accumulate`` micro-batches, and
+DistributedDataParallel (gloo on the CPU, NCCL on CUDA) averages the gradients, so a step is the same
+update whatever W and ``accumulate`` (exactly, when the batch's items are of one length). Only rank 0
+writes the run folder, validates and renders samples; a run may resume on another number of ranks.
+``precision`` runs the forward in bfloat16 or float16 autocast (float16 with a gradient scaler, CUDA
+only). The run folder::
 
     run/train_config.json                    the TrainConfig in use
     run/log.csv                              step,time,lr,<loss terms>,grad_norm (averaged over log_every)
@@ -47,7 +54,9 @@ import torch
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.files import write_text
 from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, rhythm_curve, save_model
+from alignsts_cli.training import distributed
 from alignsts_cli.training.cache import PREPARE_HINT, Cache, read_cache
+from alignsts_cli.training.distributed import World
 from alignsts_cli.training.cache import pad as pad_stack
 TRAINER_FORMAT, TRAINER_VERSION = "alignsts-trainer", 1
 LOSS_TERMS = ("l1", "ssim", "vq", "rhythm_ce", "guided_attn", "guided_attn_predictor", "total")
@@ -57,6 +66,7 @@ MODE_INPUTS = {"sts": ("content", "speaker", "speech_mel"), "zero-shot": ("sing_
 #: The example configs shipped with the repository (compact-16k.json, official.json, ...).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 MIN_FRAMES = 8  # shorter items are left out (the rhythm stream runs at T/4)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 LOG_FLUSH_SECONDS = 30.0
 
 
@@ -75,7 +85,8 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     mode: str = "sts"  # "sts" (speech -> singing) or "zero-shot" (singing -> singing, speech at inference)
     steps: int = 200_000
-    batch_size: int = 16  # items per batch (official ~16)
+    batch_size: int = 16  # items per step over all ranks (official ~16); each rank takes batch_size / ranks
+    accumulate: int = 1  # micro-batches per rank and step (gradient accumulation)
     max_batch_frames: int | None = None  # also cap padded mel frames per batch (items × longest)
     max_frames: int | None = None  # randomly crop longer items to this many mel frames
     lr: float | None = None  # peak learning rate; None: lr_scale · hidden^-0.5 · warmup^-0.5 (official)
@@ -95,6 +106,8 @@ class TrainConfig:
     seed: int = 1234
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
+    precision: str = "auto"  # "auto" (bfloat16 autocast on CUDA GPUs that have it, else float32), "float32",
+    # "bfloat16" (autocast, CPU or CUDA) or "float16" (autocast with a gradient scaler, CUDA only)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -103,6 +116,8 @@ class TrainConfig:
         checks = [
             (self.mode in MODE_INPUTS, f"mode must be one of {', '.join(MODE_INPUTS)}, not {self.mode!r}"),
             (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be at least 1"),
+            (self.accumulate >= 1, "accumulate must be at least 1"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"),
             (self.warmup >= 1, "warmup must be at least 1 step"),
             (self.lr is None or self.lr > 0, "lr must be positive (or null for the official rule)"),
             (min(self.log_every, self.valid_every, self.ckpt_every) >= 1,
@@ -256,7 +271,8 @@ def crop(item: dict, max_frames: int | None, rng=None) -> dict:
 
 def collate(items: list[dict], device) -> dict:
     """Pad items into a batch: mel [B, T, M], f0 [B, T], content [B, Tc, D], speaker [B, S],
-    source [B, Ts, M] and lengths / content_lengths / source_lengths [B] (long)."""
+    source [B, Ts, M] and lengths / content_lengths / source_lengths [B] (long); with the items'
+    diffusion draws (:func:`draw`) also t [B] and noise [B, 1, M, T] (0 past each item's end)."""
     def pad(key):
         out, lengths = pad_stack([torch.from_numpy(np.ascontiguousarray(it[key])) for it in items])
         return out.to(device), lengths.to(device)
@@ -264,8 +280,20 @@ def collate(items: list[dict], device) -> dict:
     (mel, lengths), (f0, _), (content, content_lengths), (source, source_lengths) = map(
         pad, ("mel", "f0", "content", "source"))
     speaker = torch.from_numpy(np.stack([it["speaker"] for it in items])).to(device)
-    return dict(mel=mel, f0=f0, content=content, speaker=speaker, source=source, lengths=lengths,
-                content_lengths=content_lengths, source_lengths=source_lengths)
+    batch = dict(mel=mel, f0=f0, content=content, speaker=speaker, source=source, lengths=lengths,
+                 content_lengths=content_lengths, source_lengths=source_lengths)
+    if all("t" in it for it in items):
+        batch["t"] = torch.tensor([it["t"] for it in items], dtype=torch.long, device=device)
+        noise, _ = pad_stack([torch.from_numpy(it["noise"]) for it in items])  # [B, T, M]
+        batch["noise"] = noise.transpose(1, 2)[:, None].to(device)
+    return batch
+
+
+def draw(item: dict, rng, diffusion_steps: int) -> dict:
+    """The item's diffusion step t and noise [T, M], drawn from ``rng`` (the item's own generator), so
+    that a step's draws do not depend on how its batch is split over ranks and micro-batches."""
+    t = int(rng.integers(0, diffusion_steps + 1))
+    return {**item, "t": t, "noise": rng.standard_normal(item["mel"].shape, dtype=np.float32)}
 
 
 def source_rhythm(model: AlignSTS, batch: dict) -> dict:
@@ -277,9 +305,11 @@ def source_rhythm(model: AlignSTS, batch: dict) -> dict:
     return {"source_rhythm": r, "source_rhythm_lengths": batch["source_lengths"]}
 
 
-def compute_losses(model: AlignSTS, batch: dict) -> dict:
-    out = model(batch["mel"], batch["content"], batch["speaker"], batch["f0"], lengths=batch["lengths"],
-                content_lengths=batch["content_lengths"], **source_rhythm(model, batch))
+def compute_losses(model: AlignSTS, batch: dict, net=None) -> dict:
+    """The loss terms of a batch; ``net`` is what runs the forward (``model``, or its DDP wrapper)."""
+    out = (net or model)(batch["mel"], batch["content"], batch["speaker"], batch["f0"], lengths=batch["lengths"],
+                         content_lengths=batch["content_lengths"], t=batch.get("t"), noise=batch.get("noise"),
+                         **source_rhythm(model, batch))
     return out["losses"]
 
 
@@ -290,9 +320,9 @@ def compute_losses(model: AlignSTS, batch: dict) -> dict:
 class CsvLog:
     """A CSV kept in memory and rewritten atomically on ``flush``; resuming keeps rows up to a step."""
 
-    def __init__(self, path: Path, columns: list[str], keep_upto: int | None):
-        self.path, self.columns, self.rows = path, columns, []
-        if keep_upto is not None and path.exists():
+    def __init__(self, path: Path, columns: list[str], keep_upto: int | None, *, enabled: bool = True):
+        self.path, self.columns, self.rows, self.enabled = path, columns, [], enabled  # disabled: ranks > 0
+        if enabled and keep_upto is not None and path.exists():
             lines = path.read_text(encoding="utf-8").splitlines()
             if lines and lines[0].split(",") == columns:
                 for line in lines[1:]:
@@ -305,6 +335,8 @@ class CsvLog:
         self.rows.append(",".join(str(row[c]) if isinstance(row[c], int) else f"{row[c]:.6g}" for c in self.columns))
 
     def flush(self) -> None:
+        if not self.enabled:
+            return
         write_text(self.path, "\n".join([",".join(self.columns), *self.rows]) + "\n")
         self.flushed = time.monotonic()
 
@@ -472,8 +504,11 @@ def train(cache: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     progress: called as ``progress(step, steps, info)`` after every step; info holds ``lr`` and the
     step's loss terms, plus ``valid`` (dict) after a validation and ``checkpoint`` (Path) after a save.
 
+    Under ``torchrun`` every rank calls this; only rank 0 writes the run folder and calls ``progress``.
+
     Returns {"step", "run", "checkpoint", "voice", "parameters", "train_items", "valid_items",
-    "resumed_from", "seconds_per_step", "losses" (last log row), "valid" (last validation), "notes"}.
+    "resumed_from", "seconds_per_step", "losses" (last log row), "valid" (last validation), "notes",
+    "rank", "world_size", "backend", "per_rank_batch"}.
     """
     threads = torch.get_num_threads()
     try:
@@ -491,9 +526,42 @@ class _Session:
     schedule: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
     step: int = 0  # updates done
-    epoch: int = 0  # position in the data
+    epoch: int = 0  # position in the data (global batches)
     index: int = 0
     elapsed: float = 0.0  # seconds trained before this session
+    precision: "_Precision | None" = None
+    world: World = field(default_factory=World)
+    net: torch.nn.Module | None = None  # what runs the forward: the model, or its DDP wrapper
+
+
+class _Precision:
+    """The forward's autocast and, for float16, the gradient scaler."""
+
+    def __init__(self, name: str, device: torch.device):
+        if name == "float16" and device.type != "cuda":
+            raise AlignSTSError("train config: precision float16 needs a CUDA GPU; use bfloat16 or float32 on the CPU")
+        if name == "auto":
+            name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        self.name, self.device = name, device
+        self.dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
+        self.scaler = torch.amp.GradScaler("cuda") if name == "float16" else None
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward(self, loss) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def unscale(self, optimizer) -> None:
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
 
 
 def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> dict:
@@ -511,28 +579,46 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = _pick_device(config.device)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-    ses, resumed = _start(data, mcfg, config, done, device)
-    first_step = ses.step
+    world = distributed.join(device.type)
+    try:
+        if device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls
+        return _train_ranks(run, data, mcfg, train_items, valid_items, notes, config, done, device, world, progress)
+    finally:
+        distributed.leave(world)
 
-    # -- run folder, logs, validation data, vocoder ----------------------------------------------
-    run.mkdir(parents=True, exist_ok=True)
-    config.save(run / "train_config.json")
-    log = CsvLog(run / "log.csv", ["step", "time", "lr", *LOSS_TERMS, "grad_norm"], ses.step if resumed else None)
-    vlog = CsvLog(run / "valid.csv", ["step", "time", *LOSS_TERMS], ses.step if resumed else None)
-    with isolated_rng(torch.device("cpu"), config.seed):  # building a vocoder draws random numbers
-        vocoder = load_sample_vocoder(config.vocoder, ses.model.config.audio_profile, device)
-    if vocoder is None:
-        notes.append(f"no vocoder for profile {ses.model.config.audio_profile}: no samples, and run/voice has no "
-                     "vocoder/; set the config's vocoder to a vocoder folder")
-    by_id = sorted(valid_items, key=lambda it: it["id"])
-    valid = sorted((crop(load_item(data, it, config.mode), config.max_frames) for it in by_id[:config.valid_max_items]),
-                   key=lambda x: len(x["mel"]))
-    valid_batches = [collate(valid[i:i + config.batch_size], device) for i in range(0, len(valid), config.batch_size)]
-    samples = []  # always sung from the speech, as the model is used, whatever the training mode
-    if vocoder is not None:
-        samples = [(it["id"], crop(load_item(data, it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
+
+def _train_ranks(run, data, mcfg, train_items, valid_items, notes, config, done, device, world, progress) -> dict:
+    ses, resumed = _start(data, mcfg, config, done, device, world)
+    first_step = ses.step
+    parts = world.size * config.accumulate
+    if config.batch_size < parts:
+        notes.append(f"batch_size {config.batch_size} is less than {world.size} rank(s) x accumulate "
+                     f"{config.accumulate}: some micro-batches are empty and their ranks wait")
+
+    # -- run folder, logs, validation data, vocoder (rank 0) ---------------------------------------
+    main = world.main
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        config.save(run / "train_config.json")
+    log = CsvLog(run / "log.csv", ["step", "time", "lr", *LOSS_TERMS, "grad_norm"], ses.step if resumed else None,
+                 enabled=main)
+    vlog = CsvLog(run / "valid.csv", ["step", "time", *LOSS_TERMS], ses.step if resumed else None, enabled=main)
+    vocoder, valid_batches, samples = None, [], []
+    if main:
+        with isolated_rng(torch.device("cpu"), config.seed):  # building a vocoder draws random numbers
+            vocoder = load_sample_vocoder(config.vocoder, ses.model.config.audio_profile, device)
+        if vocoder is None:
+            notes.append(f"no vocoder for profile {ses.model.config.audio_profile}: no samples, and run/voice has "
+                         "no vocoder/; set the config's vocoder to a vocoder folder")
+        by_id = sorted(valid_items, key=lambda it: it["id"])
+        valid = sorted((crop(load_item(data, it, config.mode), config.max_frames)
+                        for it in by_id[:config.valid_max_items]), key=lambda x: len(x["mel"]))
+        valid_batches = [collate(valid[i:i + config.batch_size], device)
+                         for i in range(0, len(valid), config.batch_size)]
+        if vocoder is not None:  # always sung from the speech, as the model is used, whatever the training mode
+            samples = [(it["id"], crop(load_item(data, it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
     frames = [min(int(it["frames"]), config.max_frames or 10**9) for it in train_items]
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -541,15 +627,22 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
     last_row = last_valid = None
     checkpoint = done[-1][1] if done else None
     plan_epoch, batches = None, []
+    steps_of_diffusion = ses.model.config.diffusion_steps
     while ses.step < config.steps:
         if plan_epoch != ses.epoch:
             batches = make_batches(frames, config.batch_size, config.max_batch_frames,
                                    np.random.default_rng([config.seed, ses.epoch]))
             plan_epoch = ses.epoch
-        crop_rng = np.random.default_rng([config.seed, ses.epoch, ses.index, 1])
-        batch = collate([crop(load_item(data, train_items[i], config.mode), config.max_frames, crop_rng)
-                         for i in batches[ses.index]], device)
-        info, grad_norm = _update(ses, batch, config.grad_clip, len(batches))
+        chosen = batches[ses.index]
+
+        def item(j):  # position j of the global batch: its crop and draws from its own place in the data
+            rng = np.random.default_rng([config.seed, ses.epoch, ses.index, j])
+            return draw(crop(load_item(data, train_items[chosen[j]], config.mode), config.max_frames, rng), rng,
+                        steps_of_diffusion)
+
+        mine = distributed.rank_parts(list(range(len(chosen))), world, config.accumulate)
+        micro = [(collate([item(j) for j in part], device), len(part) / len(chosen)) for part in mine]
+        info, grad_norm = _update(ses, micro or [(collate([item(0)], device), 0.0)], config.grad_clip, len(batches))
         step, now = ses.step, ses.elapsed + time.monotonic() - t_start
         for k in LOSS_TERMS:
             sums[k] += info[k]
@@ -566,21 +659,27 @@ def _train(cache, out, config: TrainConfig | None, resume: bool, progress) -> di
             last_valid = info["valid"] = {"step": step, "time": now, **validate(ses.model, valid_batches, config.seed)}
             vlog.add(last_valid)
             vlog.flush()
-        if is_ckpt:
+        if is_ckpt and main:
             checkpoint = info["checkpoint"] = _save(run, ses, now, config, vocoder, samples)
             log.flush()
-        if progress is not None:
+        if progress is not None and main:
             progress(step, config.steps, info)
 
     if ses.step == first_step:
         notes.append(f"the run is already at step {ses.step} of {config.steps}: raise steps to train further")
+    if world.size > 1:
+        from torch import distributed as dist
+
+        dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
     session = time.monotonic() - t_start
     return {
         "step": ses.step, "run": run, "checkpoint": checkpoint, "voice": run / "voice",
         "parameters": sum(p.numel() for p in ses.model.parameters()), "train_items": len(train_items),
         "valid_items": len(valid_items), "resumed_from": first_step if resumed else None,
         "seconds_per_step": session / (ses.step - first_step) if ses.step > first_step else None,
-        "losses": last_row, "valid": last_valid, "notes": notes,
+        "losses": last_row, "valid": last_valid, "notes": notes, "rank": world.rank, "world_size": world.size,
+        "backend": world.backend, "per_rank_batch": math.ceil(config.batch_size / world.size),
+        "precision": ses.precision.name,
     }
 
 
@@ -603,9 +702,11 @@ def _open_data(cache, config: TrainConfig):
     return data, mcfg, train_items, valid_items, notes
 
 
-def _start(data: Cache, mcfg: AlignSTSConfig, config: TrainConfig, done: list, device) -> tuple[_Session, bool]:
+def _start(data: Cache, mcfg: AlignSTSConfig, config: TrainConfig, done: list, device,
+           world: World) -> tuple[_Session, bool]:
     """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint in ``done`` left them
-    (weights, optimizer, schedule, data position, RNG). Returns (session, resumed?)."""
+    (weights, optimizer, schedule, gradient scaler, data position, RNG; the other ranks seed their own
+    RNG, which only dropout draws from). Returns (session, resumed?)."""
     torch.manual_seed(config.seed)
     state = None
     if done:
@@ -620,34 +721,75 @@ def _start(data: Cache, mcfg: AlignSTSConfig, config: TrainConfig, done: list, d
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak, betas=config.betas, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(lr_factor(s, config.warmup),
                                                                           config.min_lr / peak))
-    ses = _Session(model, optimizer, schedule, device)
+    ses = _Session(model, optimizer, schedule, device, precision=_Precision(config.precision, device), world=world)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
+        if ses.precision.scaler is not None and state.get("scaler"):
+            ses.precision.scaler.load_state_dict(state["scaler"])
         ses.step, ses.epoch, ses.index, ses.elapsed = state["step"], state["epoch"], state["batch"], state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"]:
+        if device.type == "cuda" and state["rng"]["cuda"] and world.size == 1:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    if not world.main:
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, ses.step, world.rank]).generate_state(1)[0]))
+    for vq in _quantisers(model):
+        vq.hold = True  # one codebook update per step, summed over micro-batches and ranks (_update)
+    ses.net = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        c = model.config
+        ses.net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # the codebook is kept equal by VQEmbeddingEMA.flush
+            find_unused_parameters=not (c.use_rhythm_adaptor and c.use_cross_modal_alignment))  # ablations
     return ses, state is not None
 
 
-def _update(ses: _Session, batch: dict, grad_clip: float, n_batches: int) -> tuple[dict, float]:
-    """One optimizer step on ``batch``; moves the session on by one batch. Returns (info, gradient norm):
-    info holds the step's ``lr`` and loss terms."""
+def _quantisers(model: AlignSTS) -> list:
+    from alignsts_cli.model.vq import VQEmbeddingEMA
+
+    return [m for m in model.modules() if isinstance(m, VQEmbeddingEMA)]
+
+
+def _update(ses: _Session, micro: list[tuple[dict, float]], grad_clip: float, n_batches: int) -> tuple[dict, float]:
+    """One optimizer step on this rank's micro-batches of the global batch, each (batch, its share of
+    the global batch; 0 for a placeholder when the rank has none); moves the session on by one batch.
+    Returns (info, gradient norm): info holds the step's ``lr`` and the global batch's loss terms."""
     lr = ses.optimizer.param_groups[0]["lr"]
-    losses = compute_losses(ses.model, batch)
-    if not torch.isfinite(losses["total"]):
-        raise AlignSTSError(f"training diverged at step {ses.step + 1} (loss {float(losses['total'])}); "
-                            "lower lr, or resume from an earlier checkpoint")
+    world, quantisers = ses.world, _quantisers(ses.model)
     ses.optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
+    terms = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=ses.device)
+    for k, (batch, share) in enumerate(micro):
+        synced = k == len(micro) - 1  # DDP averages the gradients on each rank's last backward
+        for vq in quantisers:
+            vq.frozen = share == 0.0
+        with ses.net.no_sync() if world.size > 1 and not synced else contextlib.nullcontext():
+            with ses.precision.autocast():
+                losses = compute_losses(ses.model, batch, ses.net)
+            ses.precision.backward(losses["total"].float() * (share * world.size))
+        terms += torch.stack([losses[t].detach().to(torch.float64) for t in LOSS_TERMS]) * share
+    for vq in quantisers:
+        vq.frozen = False
+    if world.size > 1:
+        from torch import distributed as dist
+
+        dist.all_reduce(terms)  # the shares sum to 1 over the ranks: the global batch's loss terms
+    total = float(terms[LOSS_TERMS.index("total")])
+    if not math.isfinite(total):
+        raise AlignSTSError(f"training diverged at step {ses.step + 1} (loss {total}); "
+                            "lower lr, or resume from an earlier checkpoint")
+    ses.precision.unscale(ses.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(ses.model.parameters(), grad_clip)
-    ses.optimizer.step()
+    ses.precision.step(ses.optimizer)
+    for vq in quantisers:
+        vq.flush()
     ses.schedule.step()
     ses.step, ses.index = ses.step + 1, ses.index + 1
     if ses.index == n_batches:
         ses.epoch, ses.index = ses.epoch + 1, 0
-    return {"lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}, float(grad_norm)
+    return {"lr": lr, **{t: float(v) for t, v in zip(LOSS_TERMS, terms)}}, float(grad_norm)
 
 
 def _save(run: Path, ses: _Session, now: float, config: TrainConfig, vocoder, samples) -> Path:
@@ -656,6 +798,7 @@ def _save(run: Path, ses: _Session, now: float, config: TrainConfig, vocoder, sa
         "format": TRAINER_FORMAT, "version": TRAINER_VERSION, "step": ses.step, "epoch": ses.epoch,
         "batch": ses.index, "elapsed": now, "optimizer": ses.optimizer.state_dict(),
         "scheduler": ses.schedule.state_dict(),
+        "scaler": ses.precision.scaler.state_dict() if ses.precision.scaler is not None else {},
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if ses.device.type == "cuda" else []},
         "train_config": json.dumps(config.to_dict()),
