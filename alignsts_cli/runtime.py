@@ -47,28 +47,32 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-class one_torch_thread:
-    """Run torch on one CPU thread inside the block (on the CPU; a no-op for CUDA).
+class one_thread:
+    """Run torch, and numpy's BLAS and OpenMP pools, on one CPU thread inside the block (torch's setting
+    is left alone on CUDA).
 
     For many small per-utterance models: with several threads on a busy machine Resemblyzer's LSTM
-    was measured 10-100x slower (the threads wait on each other).
+    was measured 10-100x slower (the threads wait on each other), and `prepare` of 40 items took 15.0 s
+    with OpenBLAS's threads against 10.5 s with one (2-core AMD EPYC; threadpoolctl sets the pools).
     """
 
     def __init__(self, device: str):
         self.active = device == "cpu"
 
     def __enter__(self):
-        if self.active:
-            import torch
+        import torch
+        from threadpoolctl import threadpool_limits
 
-            self.saved = torch.get_num_threads()
+        self.saved = torch.get_num_threads()  # before the pools: torch's OpenMP pool is one of them
+        self.pools = threadpool_limits(1)
+        if self.active:
             torch.set_num_threads(1)
 
     def __exit__(self, *exc):
-        if self.active:
-            import torch
+        import torch
 
-            torch.set_num_threads(self.saved)
+        self.pools.restore_original_limits()
+        torch.set_num_threads(self.saved)
 
 
 def cpu_has_bf16() -> bool:

@@ -28,9 +28,14 @@ def test_auto_device_and_bf16_choice():
 
 def test_threads_set_and_restored():
     before = torch.get_num_threads()
-    with runtime.one_torch_thread("cpu"):
+    from threadpoolctl import threadpool_info
+
+    pools = [(p["internal_api"], p["num_threads"]) for p in threadpool_info()]
+    with runtime.one_thread("cpu"):
         assert torch.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info())  # numpy's BLAS too
     assert torch.get_num_threads() == before
+    assert [(p["internal_api"], p["num_threads"]) for p in threadpool_info()] == pools
     runtime.set_threads(1)
     assert torch.get_num_threads() == 1
     runtime.set_threads(before)

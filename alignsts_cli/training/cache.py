@@ -35,7 +35,7 @@ import numpy as np
 
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.files import atomic_output, check_output_path, write_json
-from alignsts_cli.runtime import one_torch_thread
+from alignsts_cli.runtime import one_thread
 from alignsts_cli.shards import Shard
 from alignsts_cli.training.data import SPLITS, Item, read_any, split_items
 
@@ -273,7 +273,7 @@ def _item_files(out: Path, order: list[Item], features: tuple, profile, workers:
                 raise
         return
     extractor = None
-    with one_torch_thread(features[3]):
+    with one_thread(features[3]):
         for item in order:
             if item.id in found:
                 yield item, found[item.id]
@@ -302,10 +302,7 @@ _WORKER: dict = {}  # in a worker process of prepare(workers=N): its feature ext
 def _start_worker(content_kind, content_dim, content_model, device) -> None:
     from alignsts_cli.features import FeatureExtractor
 
-    if device == "cpu":
-        import torch
-
-        torch.set_num_threads(1)  # the workers share the cores
+    one_thread(device).__enter__()  # for the worker's life: the workers share the cores
     _WORKER["extractor"] = FeatureExtractor(content_kind, content_dim, content_model=content_model, device=device)
 
 
