@@ -631,7 +631,8 @@ def train_command(
 
     Writes OUTPUT/checkpoints/step_N, OUTPUT/log.csv and valid.csv, sung validation samples in
     OUTPUT/samples/, and the newest model as OUTPUT/voice (convert --engine alignsts --model OUTPUT/voice).
-    Run the same command again to resume after an interruption.
+    Run the same command again to resume after an interruption. On several GPUs or machines, start it
+    under torchrun: torchrun --nproc-per-node 4 -m alignsts_cli train cache/ -o run/ -c compact-16k
     """
     from alignsts_cli.training import distributed
     from alignsts_cli.training.train import TrainConfig, train

@@ -605,20 +605,7 @@ def _train_ranks(run, data, mcfg, train_items, valid_items, notes, config, done,
     log = CsvLog(run / "log.csv", ["step", "time", "lr", *LOSS_TERMS, "grad_norm"], ses.step if resumed else None,
                  enabled=main)
     vlog = CsvLog(run / "valid.csv", ["step", "time", *LOSS_TERMS], ses.step if resumed else None, enabled=main)
-    vocoder, valid_batches, samples = None, [], []
-    if main:
-        with isolated_rng(torch.device("cpu"), config.seed):  # building a vocoder draws random numbers
-            vocoder = load_sample_vocoder(config.vocoder, ses.model.config.audio_profile, device)
-        if vocoder is None:
-            notes.append(f"no vocoder for profile {ses.model.config.audio_profile}: no samples, and run/voice has "
-                         "no vocoder/; set the config's vocoder to a vocoder folder")
-        by_id = sorted(valid_items, key=lambda it: it["id"])
-        valid = sorted((crop(load_item(data, it, config.mode), config.max_frames)
-                        for it in by_id[:config.valid_max_items]), key=lambda x: len(x["mel"]))
-        valid_batches = [collate(valid[i:i + config.batch_size], device)
-                         for i in range(0, len(valid), config.batch_size)]
-        if vocoder is not None:  # always sung from the speech, as the model is used, whatever the training mode
-            samples = [(it["id"], crop(load_item(data, it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
+    vocoder, valid_batches, samples = _validation(data, valid_items, config, ses, notes) if main else (None, [], [])
     frames = [min(int(it["frames"]), config.max_frames or 10**9) for it in train_items]
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -681,6 +668,23 @@ def _train_ranks(run, data, mcfg, train_items, valid_items, notes, config, done,
         "backend": world.backend, "per_rank_batch": math.ceil(config.batch_size / world.size),
         "precision": ses.precision.name,
     }
+
+
+def _validation(data: Cache, valid_items: list[dict], config: TrainConfig, ses: "_Session", notes: list):
+    """Rank 0's vocoder, validation batches and sample items: (vocoder or None, batches, samples)."""
+    with isolated_rng(torch.device("cpu"), config.seed):  # building a vocoder draws random numbers
+        vocoder = load_sample_vocoder(config.vocoder, ses.model.config.audio_profile, ses.device)
+    if vocoder is None:
+        notes.append(f"no vocoder for profile {ses.model.config.audio_profile}: no samples, and run/voice has "
+                     "no vocoder/; set the config's vocoder to a vocoder folder")
+    by_id = sorted(valid_items, key=lambda it: it["id"])
+    valid = sorted((crop(load_item(data, it, config.mode), config.max_frames)
+                    for it in by_id[:config.valid_max_items]), key=lambda x: len(x["mel"]))
+    batches = [collate(valid[i:i + config.batch_size], ses.device) for i in range(0, len(valid), config.batch_size)]
+    samples = []  # always sung from the speech, as the model is used, whatever the training mode
+    if vocoder is not None:
+        samples = [(it["id"], crop(load_item(data, it, "sts"), config.max_frames)) for it in by_id[:config.n_samples]]
+    return vocoder, batches, samples
 
 
 def _open_data(cache, config: TrainConfig):
