@@ -803,6 +803,27 @@ def _report_table(report, output_dir: Path) -> None:
     out.print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
 
 
+@app.command()
+@friendly
+def web(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the page to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    device: Device = "auto",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload the page takes, MB.")] = 50.0,
+):
+    """A local web page: record or upload speech, pick a melody, listen, download (pip install 'alignsts[web]')."""
+    from alignsts_cli import web as page
+
+    if not page.is_local(host):
+        print(f"warning: --host {host} lets every machine that reaches this one use the page (and its CPU); "
+              "there is no login. Use 127.0.0.1 unless you mean it.", file=sys.stderr)
+
+    def ready(url: str) -> None:
+        print(f"alignsts web page at {url} (Ctrl-C stops it)", flush=True)
+
+    page.serve(host, port, device=device, max_upload_mb=max_upload_mb, ready=ready)
+
+
 def _terminated(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (kill, a job scheduler's stop) unwinds as Ctrl-C does: no partial file
 
