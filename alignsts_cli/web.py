@@ -99,6 +99,7 @@ class Song:
     picture: Path | None
     figures: str  # Markdown: the figures that need no reference
     status: str  # one line
+    result: object = None  # the api.ConversionResult
 
 
 class Studio:
@@ -163,7 +164,7 @@ class Studio:
         figures = self.figures(speech_path, song, result)
         status = (f"sang {result.seconds:.1f} s with the {result.engine} engine"
                   + "".join(f"; {n}" for n in result.info.get("notices", [])))
-        return Song(song, download, picture if picture.exists() else None, figures, status)
+        return Song(song, download, picture if picture.exists() else None, figures, status, result)
 
     @staticmethod
     def figures(speech: Path, song: Path, result) -> str:

@@ -93,10 +93,15 @@ def browser_factory():
         pytest.fail("Chromium is not installed; run `bash scripts/install-chromium.sh`")
     made = []
 
-    def make():
+    def make(microphone: Path | None = None):
+        """A headless Chromium; ``microphone``: a WAV file the page hears as the microphone."""
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium")
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2200"):
+        args = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2200"]
+        if microphone is not None:
+            args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                     f"--use-file-for-fake-audio-capture={microphone}"]
+        for arg in args:
             options.add_argument(arg)
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
         made.append(driver)
@@ -170,6 +175,29 @@ def test_convert_in_the_browser_plays_and_downloads_the_song(server, browser_fac
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "web-page.png"))
     assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
+
+
+def test_speech_recorded_with_the_microphone_is_sung(server, browser_factory, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = browser_factory(microphone=SPEECH)  # the browser's microphone plays the example speech
+    _open(driver, server)
+
+    def button(text):
+        return next(b for b in driver.find_elements(By.CSS_SELECTOR, "#speech button") if b.text.strip() == text)
+
+    driver.find_element(By.CSS_SELECTOR, "#speech button[aria-label='Record audio']").click()
+    time.sleep(1)
+    button("Record").click()
+    time.sleep(5)
+    button("Stop").click()
+    time.sleep(2)
+    driver.find_element(By.CSS_SELECTOR, "#melody input[type=file]").send_keys(str(MELODY))
+    time.sleep(2)
+    driver.find_element(By.ID, "convert").click()
+    link, status = _wait_result(driver)
+    assert link and status.startswith("sang 9.5 s"), status
+    assert abs(sf.info(str(_fetch(link, tmp_path / "mic.wav"))).duration - MELODY_SECONDS) < 0.1
 
 
 def test_a_corrupt_upload_gives_the_one_line_error(server, browser_factory, tmp_path):
@@ -253,6 +281,22 @@ def test_the_studio_takes_only_its_own_files_and_loads_engines_once(tmp_path):
         assert "speaker similarity" in neural.figures
         choices, table, _ = studio.tracks(str(workspace.tunes["Ode to Joy"]))
         assert choices[0] == "auto" and len(table) == 1 and table[0][-1] == "sung"
+        # a two-part score: the part picked on the page is the one sung
+        score = workspace.uploads / "two.mid"
+        midi = mido.MidiFile(ticks_per_beat=480)
+        for name, pitch in (("Lead", 64), ("Bass", 48)):
+            track = mido.MidiTrack([mido.MetaMessage("track_name", name=name)])
+            for _ in range(4):
+                track += [mido.Message("note_on", note=pitch, velocity=80, channel=len(midi.tracks), time=0),
+                          mido.Message("note_off", note=pitch, velocity=0, channel=len(midi.tracks), time=480)]
+            midi.tracks.append(track)
+        midi.save(score)
+        choices, table, _ = studio.tracks(str(score))
+        other = next(c for c, row in zip(choices[1:], table) if row[-1] != "sung")
+        default = studio.convert(str(speech), str(score), web.NO_TUNE)
+        picked = studio.convert(str(speech), str(score), web.NO_TUNE, track=other)
+        classes = [{round(n.pitch) % 12 for n in song.result.melody.notes} for song in (default, picked)]
+        assert len(table) == 2 and sorted(map(sorted, classes)) == [[0], [4]]  # E of one part, C of the other
     finally:
         workspace.remove()
     assert not workspace.root.exists()
