@@ -4,20 +4,5 @@
 # Usage: bash scripts/install-chromium.sh
 set -euo pipefail
 
-packages=(chromium chromium-driver)
-missing=()
-for p in "${packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
-if [ "${#missing[@]}" -eq 0 ]; then
-  echo "chromium and chromium-driver are already installed"
-  exit 0
-fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-echo "installing ${missing[*]}"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/apt-install-missing.sh" chromium chromium-driver
 command -v chromedriver >/dev/null || { echo "chromedriver not found after installing chromium-driver" >&2; exit 1; }

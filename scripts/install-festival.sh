@@ -6,21 +6,6 @@
 # Usage: bash scripts/install-festival.sh
 set -euo pipefail
 
-packages=(festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite)
-missing=()
-for p in "${packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
-if [ "${#missing[@]}" -eq 0 ]; then
-  echo "festival, flite and their voices are already installed"
-  exit 0
-fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-echo "installing ${missing[*]}"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/apt-install-missing.sh" festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite
 command -v text2wave >/dev/null || { echo "text2wave not found after installing festival" >&2; exit 1; }
 command -v flite >/dev/null || { echo "flite not found after installing it" >&2; exit 1; }
