@@ -163,7 +163,30 @@ def memory_child(args) -> None:
                       "rtf": (time.perf_counter() - t0) / res.seconds, "chunks": res.info.get("chunks")}))
 
 
-def cold_start(engine: str, work: Path, device: str, precision: str) -> dict:
+def cpu_description() -> dict:
+    """The CPU model (Linux: /proc/cpuinfo's model name), its bfloat16 features and torch's vector path."""
+    import torch
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+            if flags and name:
+                break
+    except OSError:
+        pass
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    return {"model": name, "cores": os.cpu_count(), "features": features, "torch_capability": capability}
+
+
+def cold_start(engine: str, work: Path, device: str, precision: str, threads: int) -> dict:
+    """``alignsts --help`` and a first ``convert`` of a 10 s song, each in a fresh process: the whole
+    command's wall time, and (a second fresh process through the API) where that time goes."""
     exe = [sys.executable, "-m", "alignsts_cli"]
     helps = []
     for _ in range(5):
@@ -179,7 +202,39 @@ def cold_start(engine: str, work: Path, device: str, precision: str) -> dict:
         cmd += ["--model", extra["model"]]
     t0 = time.perf_counter()
     subprocess.run(cmd, capture_output=True, check=True)
-    return {"help_seconds": statistics.median(helps), "first_convert_seconds": time.perf_counter() - t0}
+    whole = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, __file__, "--cold-child", "--engine", engine, "--device", device, "--precision", precision,
+         "--threads", str(threads), "--work", str(work)], capture_output=True, text=True, check=True)
+    stages = json.loads(child.stdout.strip().splitlines()[-1])
+    own = stages["imports"] + stages["converter"] + stages["convert"]
+    stages = {"interpreter": max(0.0, time.perf_counter() - t0 - own), **stages}  # Python starting and exiting
+    return {"help_seconds": statistics.median(helps), "first_convert_seconds": whole,
+            "first_convert_rtf": whole / 10.0, "stages": stages}
+
+
+def cold_child(args) -> None:
+    """In a fresh process: seconds of the imports, of making the Converter (models loaded), and of each stage
+    of the first conversion (what a user's first ``convert`` waits for, loading inside a stage included)."""
+    t0 = time.perf_counter()
+    from alignsts_cli import api
+
+    seconds = {"imports": time.perf_counter() - t0}
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    conv = api.Converter(device=args.device, precision=args.precision, threads=args.threads,
+                         **engine_args(args.engine, work))
+    if conv.engine == "alignsts":
+        conv.neural  # the models: as the CLI's convert loads them before singing
+    seconds["converter"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = conv.convert(work / "cold.wav", work / "cold.mid", work / "cold-child.wav", overwrite=True, seed=0)
+    seconds["convert"] = time.perf_counter() - t0
+    for stage, value in res.info["timings"].items():
+        seconds[f"convert.{stage}"] = value
+    print(json.dumps({k: round(v, 3) for k, v in seconds.items() if not k.startswith("convert.")} |
+                     {k: round(v, 3) for k, v in seconds.items() if k.startswith("convert.")}))
 
 
 def batch_throughput(conv, work: Path, files: int) -> dict:
@@ -214,8 +269,11 @@ def main():
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.cold_child:  # before torch is imported: its import is part of a cold start
+        return cold_child(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -232,14 +290,15 @@ def main():
     report = {
         "engine": conv.describe(),
         "threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_description()['model']}, {os.cpu_count()} CPUs",
+        "cpu": cpu_description(),
         "model_loading_seconds": round(load_s, 2),
         "lengths": bench_lengths(conv, work, args.seconds, args.repeats) if args.seconds else [],
     }
     if args.batch:
         report["batch"] = batch_throughput(conv, work, args.batch)
     if args.cold_start:
-        report["cold_start"] = cold_start(args.engine, work, args.device, args.precision)
+        report["cold_start"] = cold_start(args.engine, work, args.device, args.precision, args.threads)
     report["memory"] = []
     for seconds in args.memory_seconds:
         child = subprocess.run(
@@ -254,7 +313,9 @@ def main():
 
 
 def print_report(r: dict) -> None:
-    print(f"engine: {r['engine']}; threads: {r['threads']}; machine: {r['machine']}")
+    cpu = r["cpu"]
+    print(f"engine: {r['engine']}; threads: {r['threads']}; machine: {r['machine']} (features: "
+          f"{' '.join(cpu['features']) or 'none listed'}; torch {cpu['torch_capability']})")
     print(f"model loading: {r['model_loading_seconds']} s")
     if r["lengths"]:
         stages = [s for s in ("total",) + STAGES if any(f"rtf_{s}" in row for row in r["lengths"])]
@@ -266,7 +327,10 @@ def print_report(r: dict) -> None:
         print(f"batch of {r['batch']['files']} files: {r['batch']['singing_seconds_per_second']:.2f} s of singing per s")
     if "cold_start" in r:
         c = r["cold_start"]
-        print(f"cold start: alignsts --help {c['help_seconds']:.2f} s; first convert of 10 s {c['first_convert_seconds']:.1f} s")
+        print(f"cold start: alignsts --help {c['help_seconds']:.2f} s; first convert of 10 s {c['first_convert_seconds']:.1f} s "
+              f"(real-time factor {c['first_convert_rtf']:.2f}, whole process)")
+        print("  where a fresh process's first convert goes (s): "
+              + "; ".join(f"{k} {v:.2f}" for k, v in c["stages"].items()))
     for m in r.get("memory", []):
         print(f"memory: a {m['output_seconds']:.0f} s song in {m['chunks']} chunk(s), fresh process: peak RSS "
               f"{m['peak_rss_mb']:.0f} MB (RTF {m['rtf']:.2f})")

@@ -12,7 +12,7 @@ def test_benchmark_reports_every_stage(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "--engine", "psola", "--seconds", "2", "--repeats", "1",
-         "--batch", "2", "--memory-seconds", "2", "--threads", "1", "--json", str(out)],
+         "--batch", "2", "--memory-seconds", "2", "--threads", "1", "--cold-start", "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
@@ -26,6 +26,12 @@ def test_benchmark_reports_every_stage(tmp_path):
     (mem,) = r["memory"]
     assert mem["peak_rss_mb"] > 50 and mem["seconds"] == 2
     assert "real-time factor" in proc.stdout and "peak RSS" in proc.stdout
+    assert r["cpu"]["model"] and r["cpu"]["cores"] >= 1 and isinstance(r["cpu"]["features"], list)
+    cold = r["cold_start"]
+    assert cold["help_seconds"] > 0 and cold["first_convert_seconds"] > 0
+    for stage in ("interpreter", "imports", "converter", "convert", "convert.f0", "convert.psola"):
+        assert cold["stages"][stage] >= 0, stage
+    assert "where a fresh process's first convert goes" in proc.stdout
 
 
 def test_benchmark_times_the_world_engine(tmp_path):
