@@ -75,6 +75,31 @@ class one_thread:
         torch.set_num_threads(self.saved)
 
 
+class flush_denormals:
+    """Inside the block, torch treats denormal floats as 0 on the CPU (the x86 FTZ/DAZ flags): the
+    vocoder's activations decay into denormals, which some CPUs compute many times slower. Issue 18's
+    experiment on a 2-core Intel Xeon (AVX512-BF16/AMX): the bundled vocoder stage 5-25 s -> about 5.3 s for
+    a 10 s song; on a 2-core AMD EPYC (AVX2) here the vocoder's real-time factor 0.465 -> 0.447 (benchmarks/
+    run.py --engine bundled, medians of 3), so it is on wherever the CPU runs the model. Only numbers below
+    1.2e-38 change, so the audio does not. Restores torch's default (off) after.
+    """
+
+    def __init__(self, active: bool = True):
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            import torch
+
+            torch.set_flush_denormal(True)
+
+    def __exit__(self, *exc):
+        if self.active:
+            import torch
+
+            torch.set_flush_denormal(False)
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
     import torch

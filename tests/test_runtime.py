@@ -39,3 +39,12 @@ def test_threads_set_and_restored():
     runtime.set_threads(1)
     assert torch.get_num_threads() == 1
     runtime.set_threads(before)
+
+
+def test_flush_denormals_inside_only():
+    tiny = 1e-40  # a float32 denormal
+    with runtime.flush_denormals():
+        assert float((torch.tensor([tiny]) * 1.0)[0]) == 0.0
+    assert float((torch.tensor([tiny]) * 1.0)[0]) > 0.0  # torch's default again after the block
+    with runtime.flush_denormals(active=False):
+        assert float((torch.tensor([tiny]) * 1.0)[0]) > 0.0
