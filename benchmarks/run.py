@@ -216,15 +216,15 @@ def cold_start(engine: str, work: Path, device: str, precision: str, threads: in
 
 def cold_child(args) -> None:
     """In a fresh process: seconds of the imports, of making the Converter (models loaded), and of each stage
-    of the first conversion (what a user's first ``convert`` waits for, loading inside a stage included)."""
+    of the first conversion (what a user's first ``convert`` waits for, loading inside a stage included),
+    with the CLI's defaults (torch's own thread count)."""
     t0 = time.perf_counter()
     from alignsts_cli import api
 
     seconds = {"imports": time.perf_counter() - t0}
     work = Path(args.work)
     t0 = time.perf_counter()
-    conv = api.Converter(device=args.device, precision=args.precision, threads=args.threads,
-                         **engine_args(args.engine, work))
+    conv = api.Converter(device=args.device, precision=args.precision, **engine_args(args.engine, work))  # as the CLI
     if conv.engine == "alignsts":
         conv.neural  # the models: as the CLI's convert loads them before singing
     seconds["converter"] = time.perf_counter() - t0
