@@ -821,7 +821,11 @@ def web(
     def ready(url: str) -> None:
         print(f"alignsts web page at {url} (Ctrl-C stops it)", flush=True)
 
-    page.serve(host, port, device=device, max_upload_mb=max_upload_mb, ready=ready)
+    try:
+        page.serve(host, port, device=device, max_upload_mb=max_upload_mb, ready=ready)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a server is stopped: not an error
+        pass
+    print("alignsts web stopped; its temporary files are removed", file=sys.stderr)
 
 
 def _terminated(signum, frame):

@@ -281,12 +281,27 @@ def is_local(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port that is out of range or already taken (before any work)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise AlignSTSError(f"--port {port}: give a port from 1 to 65535")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        raise AlignSTSError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another with --port, "
+                            "or stop what uses it") from None
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, *, device: str = "auto", max_upload_mb: float = MAX_UPLOAD_MB,
           ready=None) -> None:
     """Run the page until interrupted; the workspace is removed when it stops. ``ready(url)`` is called
     once it listens."""
     if not 0 < max_upload_mb <= 10_000:
-        raise AlignSTSError(f"--max-upload-mb {max_upload_mb}: give a size from 0 to 10000 MB")
+        raise AlignSTSError(f"--max-upload-mb {max_upload_mb:g}: give a size above 0 and up to 10000 MB")
+    check_port(host, port)
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:

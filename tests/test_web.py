@@ -316,3 +316,17 @@ def test_without_gradio_one_line_and_a_warning_beyond_this_machine(tmp_path, mon
     err = srv.stop()
     assert "warning: --host 0.0.0.0 lets every machine" in err
     assert json.dumps(srv.line)  # it printed where it listens
+
+
+def test_a_taken_port_or_a_bad_limit_is_one_line_before_any_work(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, says in ((["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+                           (["--port", "70000"], "give a port from 1 to 65535"),
+                           (["--max-upload-mb", "0"], "give a size above 0")):
+            proc = subprocess.run([sys.executable, "-m", "alignsts_cli", "web", *args], capture_output=True,
+                                  text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+            assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not list(tmp_path.glob("alignsts-web-*"))  # refused before the workspace was made

@@ -177,6 +177,8 @@ def prepare(
     """
     from alignsts_cli.profiles import get_profile
 
+    if workers < 1:
+        raise AlignSTSError(f"--workers {workers}: give 1 or more processes")
     p = get_profile(profile)
     out = Path(out).expanduser()
     if isinstance(dataset, (str, os.PathLike)):
@@ -198,8 +200,6 @@ def prepare(
     splits = split_items(items, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction)
     split_of = {it.id: s for s, group in splits.items() for it in group}
     order = [it for it in items if it.id in split_of and (shard is None or shard.holds(it.id))]
-    if workers < 1:
-        raise AlignSTSError(f"--workers {workers}: give 1 or more processes")
     if shard is None or not info_path.exists():  # shards running at once write the same unfinished info
         write_json(info_path, {**info, "complete": False})
     features = (content_kind, content_dim, content_model, device)

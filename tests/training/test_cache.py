@@ -202,3 +202,4 @@ def test_workers_compute_the_same_items(cache, corpus, tmp_path):
     assert json.loads((tmp_path / "c3" / "items.json").read_text()) == json.loads((cache / "items.json").read_text())
     with pytest.raises(AlignSTSError, match="--workers 0"):
         C.prepare(corpus, tmp_path / "c4", workers=0)
+    assert not (tmp_path / "c4").exists()  # refused before anything was written
