@@ -127,6 +127,12 @@ class Outcome:
     note: str = ""
 
 
+def tally(statuses) -> dict[str, int]:
+    """How many of each outcome status: {"ok": n, "skipped": n, "failed": n}."""
+    statuses = list(statuses)
+    return {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
+
+
 def no_melody_note(job: Job) -> str:
     looked = ", ".join(job.speech.stem + s for s in MELODY_SUFFIXES[:4])
     return f"no melody found (looked for {looked}, ...)"

@@ -326,12 +326,12 @@ def batch(
 
 def _batch_report(folder: Path, output_dir: Path) -> None:
     """``batch --report``: the shards' reports merged into one table, and what is still to run."""
-    from alignsts_cli.batch import merge_reports
+    from alignsts_cli.batch import merge_reports, tally
 
     merged = merge_reports(output_dir)
     out = _console()
     for r in merged.reports:
-        counts = {s: sum(1 for o in r["outcomes"] if o["status"] == s) for s in ("ok", "skipped", "failed")}
+        counts = tally(o["status"] for o in r["outcomes"])
         out.print(f"shard {r['shard']}: {len(r['outcomes'])} files ({counts['ok']} converted, {counts['skipped']} "
                   f"skipped, {counts['failed']} failed) on {r.get('host', '?')}, finished {r.get('finished', '?')}")
     _batch_table(folder, output_dir, merged.outcomes)
@@ -362,7 +362,9 @@ def _batch_table(folder: Path, output_dir: Path, outcomes) -> None:
         )
     out = _console()
     out.print(table)
-    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("ok", "skipped", "failed")}
+    from alignsts_cli.batch import tally
+
+    counts = tally(o.status for o in outcomes)
     out.print(f"{counts['ok']} converted, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {output_dir}")
 
 
