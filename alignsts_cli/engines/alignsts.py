@@ -100,7 +100,7 @@ class ChunkInput:
     noise: object  # torch [steps + 1, 1, 1, n_mels, T]: x_T, then one draw per diffusion step
     phases: object  # torch [1, harmonics + 1]: the NSF source's start phases (the first is 0)
     start: int  # first mel frame of the chunk in the song
-    source_rhythm: np.ndarray | None  # [T_s] rhythm curve of the chunk's speech (voices without the adaptor)
+    source_mel: np.ndarray | None  # [T_s, n_mels] the chunk's speech (voices w/o the adaptor or with reference_mel)
     speaker: np.ndarray  # [256] Resemblyzer embedding of the whole speech
 
 
@@ -247,7 +247,7 @@ class NeuralEngine:
             noise = torch.randn(self.acoustic.config.diffusion_steps + 1, 1, 1, p.n_mels, len(f0), generator=gen)
             phases = torch.rand(1, self.vocoder.config.nsf_harmonics + 1, generator=gen)
             phases[:, 0] = 0
-            inputs.append(ChunkInput(content, f0, noise, phases, f0_a, self._source_rhythm(audio, sr, ch), speaker))
+            inputs.append(ChunkInput(content, f0, noise, phases, f0_a, self._source_mel(audio, sr, ch), speaker))
         timings["content"] += time.perf_counter() - t1
         return SongPlan(inputs, chunks, melody, f0_full, total_frames, gen, self._speech_envelope(audio, sr, analysis))
 
@@ -303,17 +303,16 @@ class NeuralEngine:
         mel = np.concatenate(mels, axis=0)
         return NeuralResult(song, p.sample_rate, mel, plan.f0, attn, codes, plan.chunks, timings)
 
-    def _source_rhythm(self, audio: np.ndarray, sr: int, ch: Chunk):
-        """Rhythm curve [T_s] of the chunk's speech: only a voice without the rhythm adaptor needs it."""
+    def _source_mel(self, audio: np.ndarray, sr: int, ch: Chunk):
+        """Mel [T_s, n_mels] of the chunk's speech: only voices without the rhythm adaptor (its rhythm curve) and
+        reference_mel voices (its envelope) take it."""
         cfg = self.acoustic.config
-        if cfg.use_rhythm_adaptor:
+        if cfg.use_rhythm_adaptor and not cfg.reference_mel:
             return None
-        from alignsts_cli.model import rhythm_curve
         from alignsts_cli.profiles import mel_spectrogram
 
         seg = resample(audio[int(ch.s0 * sr):int(ch.s1 * sr)], sr, self.profile.sample_rate)
-        mel = mel_spectrogram(seg, self.profile)  # [T_s, 80]
-        return rhythm_curve(mel, cfg.rhythm_beta, cfg.rhythm_sigma, log_base=cfg.mel_log_base).astype(np.float32)
+        return mel_spectrogram(seg, self.profile).astype(np.float32)  # [T_s, 80]
 
     def _acoustic(self, group: list[ChunkInput]) -> list[ChunkOutput]:
         """Acoustic model on one batch of chunks (padded with explicit lengths when more than one)."""
@@ -334,14 +333,15 @@ class NeuralEngine:
         if b > 1:
             kw = {"lengths": torch.tensor([len(g.f0) for g in group], device=dev),
                   "content_lengths": torch.tensor([len(g.content) for g in group], device=dev)}
-        if group[0].source_rhythm is not None:  # a voice without the rhythm adaptor follows the speech's own rhythm
-            ts = max(len(g.source_rhythm) for g in group)
-            src = torch.zeros(b, ts)
+        if group[0].source_mel is not None:  # the speech's own rhythm (w/o adaptor) or envelope (reference_mel)
+            from alignsts_cli.model import source_inputs
+
+            ts = max(len(g.source_mel) for g in group)
+            src = torch.full((b, ts, self.profile.n_mels), float(self.profile.log_floor))
             for j, g in enumerate(group):
-                src[j, : len(g.source_rhythm)] = torch.from_numpy(g.source_rhythm)
-            kw["source_rhythm"] = src.to(dev)
-            if b > 1:
-                kw["source_rhythm_lengths"] = torch.tensor([len(g.source_rhythm) for g in group], device=dev)
+                src[j, : len(g.source_mel)] = torch.from_numpy(g.source_mel)
+            src_lengths = torch.tensor([len(g.source_mel) for g in group], device=dev) if b > 1 else None
+            kw.update(source_inputs(self.acoustic.config, src.to(dev), src_lengths))
         spk = torch.from_numpy(np.stack([g.speaker for g in group])).to(dev)  # [B, 256]
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             out = self.acoustic.infer(content.to(dev), spk, f0.to(dev), noise.to(dev), **kw)

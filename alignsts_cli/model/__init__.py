@@ -9,7 +9,7 @@ the rhythm curve of eq. 3), attention.py (windowed cross-attention, guided loss)
 diffusion.py (4-step decoder, SSIM), hifigan.py (the vocoder network), checkpoint.py (our format, for
 both models), foreign.py (the authors' checkpoints, TorchScript and jik876 vocoders).
 """
-from alignsts_cli.model.alignsts import RRD_BETA, RRD_SIGMA, AlignSTS, f0_to_coarse, rhythm_curve
+from alignsts_cli.model.alignsts import RRD_BETA, RRD_SIGMA, AlignSTS, f0_to_coarse, rhythm_curve, source_inputs
 from alignsts_cli.model.checkpoint import load_model, save_model
 from alignsts_cli.model.foreign import import_official
 from alignsts_cli.model.config import AlignSTSConfig
@@ -24,4 +24,5 @@ __all__ = [
     "RRD_BETA",
     "RRD_SIGMA",
     "save_model",
+    "source_inputs",
 ]

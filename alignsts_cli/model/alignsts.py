@@ -10,6 +10,8 @@ Data flow (B batch, T mel frames, Tc content frames, T4 = T / 4 rhythm frames, D
     rhythm stream: ×4 nearest, cut to T -> [B, T, D]
     aligner: rhythm stream attends to x_c (2 windowed layers) -> aligned content [B, T, D]
     condition = aligned + speaker + x_p -> diffusion decoder (4 steps) -> mel [B, T, M]
+    (reference_mel voices also add: speech mel [B, Ts, M] --envelope, stretched to Tc--> attention @ it
+     -> [B, T, M] --reference_encoder--> [B, T, D])
 
 Official numerics are listed in docs/official-numerics.md; with a batch of one
 and no lengths, ``infer`` computes what the official code computes. Passing lengths makes every mask
@@ -104,6 +106,20 @@ def rhythm_curve(mel, beta: float = 35.0, sigma: float | None = None, lengths=No
     return r.numpy() if is_numpy else r.to(mel.dtype)
 
 
+def source_inputs(config: AlignSTSConfig, source_mel: torch.Tensor, source_lengths: torch.Tensor | None = None) -> dict:
+    """The keyword arguments ``forward``/``infer`` take from the speech mel [B, Ts, M] (``source_lengths`` [B]
+    for a padded batch): its rhythm curve for a model w/o rhythm adaptor, the mel itself for a reference_mel
+    model; {} for the others (the official model)."""
+    kw = {}
+    if config.reference_mel:
+        kw.update(reference=source_mel, reference_lengths=source_lengths)
+    if not config.use_rhythm_adaptor:
+        c = config
+        r = rhythm_curve(source_mel, c.rhythm_beta, c.rhythm_sigma, source_lengths, log_base=c.mel_log_base)
+        kw.update(source_rhythm=r, source_rhythm_lengths=source_lengths)
+    return kw
+
+
 def f0_to_coarse(f0: torch.Tensor, bins: int = 256, f0_min: float = 50.0, f0_max: float = 1100.0) -> torch.Tensor:
     """F0 in Hz [...] -> coarse bins [...] long in 1..bins-1 (official).
 
@@ -141,6 +157,15 @@ def batch_stretch_matrix(src_lens: torch.Tensor, dst_lens: torch.Tensor, t_src: 
     for i, (s, d) in enumerate(zip(src_lens.tolist(), dst_lens.tolist())):
         out[i, :d, :s] = stretch_matrix(s, d)
     return out
+
+
+def lifter_matrix(n: int, keep: int) -> torch.Tensor:
+    """[n, n] projection that keeps the first ``keep`` coefficients of an orthonormal DCT-II along the
+    last axis: ``x @ lifter_matrix(n, k)`` is the smooth envelope of each frame x [..., n] (cepstral liftering)."""
+    k = torch.arange(n, dtype=torch.float64)
+    dct = torch.cos(math.pi / n * (k[None] + 0.5) * k[:, None]) * math.sqrt(2 / n)  # [coef, bin]
+    dct[0] /= math.sqrt(2)
+    return (dct[:keep].T @ dct[:keep]).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +313,10 @@ class AlignSTS(nn.Module):
                                        c.ffn_kernel, c.ffn_mult, c.ln_eps)
         self.diff_decoder = GaussianDiffusion(c.n_mels, c.hidden, c.diffusion_steps, c.beta_min, c.beta_max,
                                               c.denoiser_channels, c.denoiser_layers, c.denoiser_dilation_cycle)
+        self.reference_encoder = None  # only reference_mel voices have it (the official checkpoint has none)
+        if c.reference_mel:
+            self.reference_encoder = ConvEncoder(c.n_mels, c.hidden, c.content_kernel, c.content_layers, c.norm_groups)
+            self.register_buffer("lifter", lifter_matrix(c.n_mels, c.reference_lifter), persistent=False)
 
     # -- shared pieces ------------------------------------------------------------------------
 
@@ -346,7 +375,22 @@ class AlignSTS(nn.Module):
             x = x * m.reshape(*m.shape, *([1] * (x.dim() - 2))).to(x.dtype)
         return x
 
-    def _fuse(self, rhythm, x_c, x_p, speaker, lengths, content_lengths):
+    def _reference(self, reference, reference_lengths, attention, content_lengths, lengths):
+        """reference_mel: the speech mel [B, Ts, M]'s envelope, stretched to the content frames and gathered
+        onto the song's frames by the attention [B, T, Tc] -> encoded [B, T, D]."""
+        if reference is None:
+            raise ValueError("this voice takes the speech's own mel (reference_mel=True): pass reference=speech_mel")
+        b, t_src, _ = reference.shape
+        t_c = attention.shape[-1]
+        src = reference_lengths if reference_lengths is not None else torch.full((b,), t_src, dtype=torch.long)
+        dst = content_lengths if content_lengths is not None else torch.full((b,), t_c, dtype=torch.long)
+        stretch = batch_stretch_matrix(src.cpu(), dst.cpu(), t_src, t_c).to(reference)
+        envelope = stretch @ (reference @ self.lifter)  # [B, Tc, M]
+        gathered = attention @ envelope  # [B, T, M]
+        x_r, _ = self.reference_encoder(gathered.transpose(1, 2), lengths)
+        return x_r.transpose(1, 2)
+
+    def _fuse(self, rhythm, x_c, x_p, speaker, lengths, content_lengths, reference=None, reference_lengths=None):
         """Cross-modal alignment and fusion. Returns condition [B, T, D], mask [B, T] float,
         attention [B, T, Tc] and the per-layer maps."""
         c = self.config
@@ -367,6 +411,8 @@ class AlignSTS(nn.Module):
             cond = cond + x_p
         if c.fuse_rhythm or not c.use_cross_modal_alignment:
             cond = cond + rhythm
+        if c.reference_mel:
+            cond = cond + self._reference(reference, reference_lengths, attention, content_lengths, lengths)
         if lengths is not None:
             mask = lengths_to_mask(lengths, t_len).to(cond.dtype)
         else:  # official: the mask comes from the aligner's output (zero rows = padding)
@@ -377,13 +423,15 @@ class AlignSTS(nn.Module):
 
     @torch.no_grad()
     def infer(self, content, speaker, f0, noise=None, *, lengths=None, content_lengths=None,
-              source_rhythm=None, source_rhythm_lengths=None, generator=None) -> dict:
+              source_rhythm=None, source_rhythm_lengths=None, reference=None, reference_lengths=None,
+              generator=None) -> dict:
         """Convert: content [B, Tc, Dc], speaker [B, 256], target F0 [B, T] Hz (0 = unvoiced) -> mel.
 
         noise: optional [steps+1, B, 1, M, T] diffusion draws in the official order (x_T, then steps
         3, 2, 1, 0). lengths / content_lengths: [B] real frames of a padded batch (masks are built from
         them; leave both None for unpadded input, which reproduces the official computation).
-        source_rhythm [B, Ts] (rhythm_curve of the speech mel) is needed only without the rhythm adaptor.
+        source_rhythm [B, Ts] (rhythm_curve of the speech mel) is needed only without the rhythm adaptor;
+        reference [B, Ts, M] (the speech mel, with reference_lengths for a padded batch) only by reference_mel voices.
         Runs in eval mode (dropout off) whatever the module's mode.
 
         Returns a dict: mel [B, T, M] (log10; padded frames 0 when lengths are given), condition
@@ -410,7 +458,8 @@ class AlignSTS(nn.Module):
             else:
                 rhythm = self._stretched_rhythm(source_rhythm, source_rhythm_lengths, t_len, lengths)
             rhythm = self._upsample(rhythm, t_len, lengths)
-            cond, mask, attention, maps = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths)
+            cond, mask, attention, maps = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths,
+                                                     reference, reference_lengths)
             dmask = mask[:, None] if lengths is not None else None
             mel = self.diff_decoder.sample(cond.transpose(1, 2), noise, dmask, generator)[:, 0].transpose(1, 2)
             if lengths is not None:
@@ -432,12 +481,13 @@ class AlignSTS(nn.Module):
     # -- training -----------------------------------------------------------------------------
 
     def forward(self, mel, content, speaker, f0, *, lengths=None, content_lengths=None, source_rhythm=None,
-                source_rhythm_lengths=None, t=None, noise=None) -> dict:
+                source_rhythm_lengths=None, reference=None, reference_lengths=None, t=None, noise=None) -> dict:
         """One training step's losses (teacher forcing with the true singing rhythm).
 
         mel: target singing mel [B, T, M] (log10); content [B, Tc, Dc]; speaker [B, D]; f0 [B, T] Hz;
         lengths / content_lengths: [B] real frames (give them for padded batches); t: [B] diffusion
-        steps (default uniform in 0..steps); noise: [B, 1, M, T] (default N(0, I)).
+        steps (default uniform in 0..steps); noise: [B, 1, M, T] (default N(0, I)); source_rhythm and
+        reference as for ``infer``.
 
         Returns {"losses": {l1, ssim, vq, rhythm_ce, guided_attn, guided_attn_predictor, total},
         "mel_pred" [B, T, M] (x̂0), "attention" [B, T, Tc], "attention_layers", "predictor_attention",
@@ -476,7 +526,8 @@ class AlignSTS(nn.Module):
         else:
             rhythm = self._stretched_rhythm(source_rhythm, source_rhythm_lengths, t_len, lengths)
         rhythm = self._upsample(rhythm, t_len, lengths)
-        cond, mask, attention, maps = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths)
+        cond, mask, attention, maps = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths,
+                                                 reference, reference_lengths)
         guided = guided_attention_loss(maps, full_t, full_c, c.aligner_guided_g) if maps else zero
 
         # diffusion decoder: predict x0 from x_t at a random step

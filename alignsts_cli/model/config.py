@@ -98,6 +98,13 @@ class AlignSTSConfig:
     use_f0_skip: bool = True  # False: "w/o F0", no pitch encoding in the decoder condition
     fuse_rhythm: bool = False  # paper §3.5 adds the rhythm stream to the condition; official code does not
 
+    # --- timbre from the input (not in the paper) ---------------------------------------------
+    # reference_mel: the decoder is also conditioned on the speech's own spectral envelope, frame by frame,
+    # gathered onto the song's frames by the aligner's attention (model.alignsts.AlignSTS._reference), so the
+    # voice and the consonants' spectra come from the input rather than from the speaker embedding alone.
+    reference_mel: bool = False
+    reference_lifter: int = 20  # cepstral coefficients kept of each speech mel frame (its envelope, not its harmonics)
+
     extra: dict = field(default_factory=dict)  # free-form notes (training data, source checkpoint, ...)
 
     def __post_init__(self):
@@ -125,6 +132,8 @@ class AlignSTSConfig:
         if self.audio_profile in KNOWN_PROFILES and KNOWN_PROFILES[self.audio_profile][0] != self.n_mels:
             want = KNOWN_PROFILES[self.audio_profile][0]
             problems.append(f"profile {self.audio_profile} has {want} mels, not {self.n_mels}")
+        if self.reference_mel and not 1 <= self.reference_lifter <= self.n_mels:
+            problems.append(f"reference_lifter must lie between 1 and n_mels ({self.n_mels})")
         if self.mel_log_base <= 1:
             problems.append("mel_log_base must be greater than 1")
         if problems:

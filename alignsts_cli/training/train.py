@@ -53,7 +53,7 @@ import torch
 
 from alignsts_cli.errors import AlignSTSError
 from alignsts_cli.files import write_text
-from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, rhythm_curve, save_model
+from alignsts_cli.model import AlignSTS, AlignSTSConfig, load_model, save_model, source_inputs
 from alignsts_cli.training import distributed
 from alignsts_cli.training.cache import PREPARE_HINT, Cache, read_cache
 from alignsts_cli.training.distributed import World
@@ -115,6 +115,8 @@ class TrainConfig:
             raise AlignSTSError("train config: 'model' must be an object of AlignSTSConfig fields")
         checks = [
             (self.mode in MODE_INPUTS, f"mode must be one of {', '.join(MODE_INPUTS)}, not {self.mode!r}"),
+            (self.mode == "sts" or not self.model.get("reference_mel"),
+             "reference_mel needs mode 'sts' (in zero-shot mode the reference would be the target singing itself)"),
             (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be at least 1"),
             (self.accumulate >= 1, "accumulate must be at least 1"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"),
@@ -296,20 +298,11 @@ def draw(item: dict, rng, diffusion_steps: int) -> dict:
     return {**item, "t": t, "noise": rng.standard_normal(item["mel"].shape, dtype=np.float32)}
 
 
-def source_rhythm(model: AlignSTS, batch: dict) -> dict:
-    """w/o rhythm adaptor: the source mel's rhythm curve [B, Ts] for forward/infer; {} otherwise."""
-    c = model.config
-    if c.use_rhythm_adaptor:
-        return {}
-    r = rhythm_curve(batch["source"], c.rhythm_beta, c.rhythm_sigma, batch["source_lengths"], log_base=c.mel_log_base)
-    return {"source_rhythm": r, "source_rhythm_lengths": batch["source_lengths"]}
-
-
 def compute_losses(model: AlignSTS, batch: dict, net=None) -> dict:
     """The loss terms of a batch; ``net`` is what runs the forward (``model``, or its DDP wrapper)."""
     out = (net or model)(batch["mel"], batch["content"], batch["speaker"], batch["f0"], lengths=batch["lengths"],
                          content_lengths=batch["content_lengths"], t=batch.get("t"), noise=batch.get("noise"),
-                         **source_rhythm(model, batch))
+                         **source_inputs(model.config, batch["source"], batch["source_lengths"]))
     return out["losses"]
 
 
@@ -458,7 +451,7 @@ def render_samples(model: AlignSTS, vocoder, items: list[tuple[str, dict]], fold
         for item_id, item in items:
             batch = collate([item], device)
             noise = torch.randn(c.diffusion_steps + 1, 1, 1, c.n_mels, len(item["mel"])).to(device)
-            out = model.infer(batch["content"], batch["speaker"], batch["f0"], noise, **source_rhythm(model, batch))
+            out = model.infer(batch["content"], batch["speaker"], batch["f0"], noise, **source_inputs(model.config, batch["source"], batch["source_lengths"]))
             audio = vocoder.synthesize(out["mel"][0], batch["f0"][0])
             written.append(save_audio(folder / f"{item_id}.wav", audio, sr, overwrite=True))
             if ground_truth is not None and not (ground_truth / f"{item_id}.wav").exists():

@@ -44,25 +44,28 @@ def test_long_melody_is_converted_in_chunks(tmp_path):
     assert quiet.size
 
 
-@pytest.mark.parametrize("ablation", ["use_rhythm_adaptor", "use_cross_modal_alignment", "use_f0_skip"])
+@pytest.mark.parametrize("ablation", [{"use_rhythm_adaptor": False}, {"use_cross_modal_alignment": False},
+                                      {"use_f0_skip": False}, {"reference_mel": True}], ids=lambda a: next(iter(a)))
 def test_ablated_voices_sing(tmp_path, ablation):
-    """Voices trained as the paper's ablations convert too (w/o RA follows the speech's own rhythm)."""
+    """Voices trained as the paper's ablations convert too (w/o RA follows the speech's own rhythm), and so does
+    a voice that takes the speech's own mel (reference_mel)."""
     from alignsts_cli.audio import load_speech
     from alignsts_cli.analysis import analyse_speech
     from alignsts_cli.melody import load_midi
 
-    engine = _engine(tmp_path, **{ablation: False})
+    engine = _engine(tmp_path, **ablation)
     melody = load_midi(write_midi(tmp_path / "m.mid", [(0, 1, 48), (1, 1, 52)]))
     audio, sr = load_speech(SPEECH)
     res = engine.sing(audio, sr, melody, analyse_speech(audio, sr))
     assert len(res.audio) == round(melody.duration * res.sample_rate) and np.all(np.isfinite(res.audio))
 
 
-def test_batched_chunks_match_one_by_one(tmp_path):
+@pytest.mark.parametrize("reference", [False, True], ids=["mfcc", "reference-mel"])
+def test_batched_chunks_match_one_by_one(tmp_path, reference):
     """The padded, length-masked batch path (used on CUDA) gives what one-at-a-time gives."""
     from alignsts_cli.engines.alignsts import ChunkInput
 
-    engine = _engine(tmp_path)
+    engine = _engine(tmp_path, reference_mel=reference)
     rng = np.random.default_rng(0)
     spk = rng.standard_normal(256).astype(np.float32)
     spk /= np.linalg.norm(spk)
@@ -70,7 +73,8 @@ def test_batched_chunks_match_one_by_one(tmp_path):
     for t, tc in ((120, 40), (90, 33)):
         f0 = np.where(np.arange(t) % 30 < 25, 220.0, 0.0).astype(np.float32)
         noise = torch.randn(5, 1, 1, 80, t, generator=torch.Generator().manual_seed(t))
-        items.append(ChunkInput(rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, None, spk))
+        speech = (rng.standard_normal((2 * tc + 3, 80)) - 5).astype(np.float32) if reference else None
+        items.append(ChunkInput(rng.standard_normal((tc, 20)).astype(np.float32), f0, noise, None, 0, speech, spk))
     together = engine._acoustic(items)
     alone = [engine._acoustic([it])[0] for it in items]
     for a, b in zip(together, alone):

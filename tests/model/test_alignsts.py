@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from alignsts_cli.model import AlignSTS, AlignSTSConfig, f0_to_coarse, rhythm_curve
+from alignsts_cli.model.alignsts import lifter_matrix
 from alignsts_cli.model.attention import (
     attention_band_mass,
 )
@@ -429,6 +430,62 @@ def test_ablation_switches_are_real_paths():
     x_c, x_p = full._encode(content, f0, None, None)
     diff = base["condition"] - outs["use_f0_skip"]["condition"]
     torch.testing.assert_close(diff, x_p.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_lifter_keeps_the_envelope_and_drops_the_harmonic_ripple():
+    n = 80
+    full = lifter_matrix(n, n)
+    torch.testing.assert_close(full, torch.eye(n), atol=1e-5, rtol=0)  # all coefficients kept: identity
+    p = lifter_matrix(n, 20)
+    torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=0)  # a projection
+    bins = torch.arange(n, dtype=torch.float32)
+    envelope = -4 + 2 * torch.exp(-((bins - 15) / 8) ** 2) + torch.exp(-((bins - 45) / 10) ** 2)
+    ripple = 0.5 * torch.cos(math.pi * bins / 2.5)  # harmonics: a fast ripple across the bands
+    smooth = (envelope + ripple) @ p
+    error = (smooth - envelope).abs()
+    assert error.mean() < 0.05 and error.max() < 0.2 < 0.5 == ripple.abs().max()
+
+
+def test_reference_mel_carries_the_speech_envelope_into_the_condition():
+    cfg = tiny_config(reference_mel=True, reference_lifter=4)
+    model = lively(AlignSTS(cfg))
+    base = AlignSTS(tiny_config())
+    extra = set(model.state_dict()) - set(base.state_dict())
+    assert extra and all(k.startswith("reference_encoder.") for k in extra)  # the official layout is untouched
+    content, speaker, f0 = random_inputs(cfg, t=48, tc=13)
+    noise = torch.randn(5, 1, 1, cfg.n_mels, 48, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    speech = torch.randn(1, 26, cfg.n_mels, generator=g) - 4
+    with pytest.raises(ValueError, match="reference"):
+        model.infer(content, speaker, f0, noise)
+    out = model.infer(content, speaker, f0, noise, reference=speech)
+    brighter = speech + torch.linspace(0, 2, cfg.n_mels)  # another voice: a different spectral tilt
+    assert (model.infer(content, speaker, f0, noise, reference=brighter)["mel"] - out["mel"]).abs().max() > 1e-3
+    # only the envelope counts: a ripple across the bands the lifter drops leaves the output nearly unchanged
+    rippled = speech + 0.5 * torch.cos(math.pi * torch.arange(cfg.n_mels))
+    near = (model.infer(content, speaker, f0, noise, reference=rippled)["mel"] - out["mel"]).abs().max()
+    far = (model.infer(content, speaker, f0, noise, reference=brighter)["mel"] - out["mel"]).abs().max()
+    assert near < 0.2 * far
+    # a padded batch gives each item what it gets alone
+    speech2 = torch.randn(1, 19, cfg.n_mels, generator=g) - 4
+    c2, s2, f2 = random_inputs(cfg, t=40, tc=10, seed=1)
+    content_b = torch.zeros(2, 13, cfg.content_dim)
+    content_b[0], content_b[1, :10] = content[0], c2[0]
+    f0_b = torch.zeros(2, 48)
+    f0_b[0], f0_b[1, :40] = f0[0], f2[0]
+    ref_b = torch.full((2, 26, cfg.n_mels), -11.5)
+    ref_b[0], ref_b[1, :19] = speech[0], speech2[0]
+    noise_b = torch.cat([noise, torch.randn(5, 1, 1, cfg.n_mels, 48, generator=g)], 1)
+    both = model.infer(content_b, torch.cat([speaker, s2]), f0_b, noise_b, lengths=torch.tensor([48, 40]),
+                       content_lengths=torch.tensor([13, 10]), reference=ref_b, reference_lengths=torch.tensor([26, 19]))
+    torch.testing.assert_close(both["mel"][0], out["mel"][0], atol=1e-5, rtol=1e-5)
+    alone = model.infer(c2, s2, f2, noise_b[:, 1:, ..., :40].contiguous(), reference=speech2)
+    torch.testing.assert_close(both["mel"][1, :40], alone["mel"][0], atol=1e-5, rtol=1e-5)
+    # it trains: the reference encoder gets gradients
+    model.train()
+    losses = model(torch.randn(1, 48, cfg.n_mels) - 3, content, speaker, f0, reference=speech)["losses"]
+    losses["total"].backward()
+    assert model.reference_encoder.convolutions[0][0].weight.grad.abs().sum() > 0
 
 
 def test_training_loss_falls_and_the_vq_uses_several_codes():

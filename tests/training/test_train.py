@@ -260,6 +260,23 @@ def test_ablation_without_rhythm_adaptor_uses_the_speech_rhythm(tmp_path, cache,
     assert load_model(tmp_path / "run" / "voice" / "acoustic").config.use_rhythm_adaptor is False
 
 
+def test_reference_mel_voice_is_fed_its_own_speech_mel(tmp_path, cache, monkeypatch):
+    calls = _spy_forward(monkeypatch)
+    model = dict(TINY_MODEL, reference_mel=True, reference_lifter=4)
+    res = train(cache, tmp_path / "run", tiny(model=model, steps=2, n_samples=0, valid_max_items=0))
+    assert res["step"] == 2 and math.isfinite(res["losses"]["total"])
+    speech = [np.load(cache / "items" / f"item{i:02d}.npz")["speech_mel"] for i in range(12)]
+    for call in calls:  # each row is the speech mel of the item whose content it has, padding excluded
+        ref, n = call["reference"], call["reference_lengths"]
+        for b in range(len(n)):
+            row = ref[b, :int(n[b])].numpy()
+            assert any(m.shape == row.shape and np.array_equal(m, row) for m in speech)
+        assert "source_rhythm" not in call
+    assert load_model(tmp_path / "run" / "voice" / "acoustic").config.reference_mel is True
+    with pytest.raises(AlignSTSError, match="reference_mel needs mode 'sts'"):
+        tiny(model=model, mode="zero-shot")
+
+
 # ---------------------------------------------------------------------------------------------
 # batches, crops, schedule, configs
 # ---------------------------------------------------------------------------------------------
