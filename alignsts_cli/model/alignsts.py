@@ -110,11 +110,11 @@ def source_inputs(config: AlignSTSConfig, source_mel: torch.Tensor, source_lengt
     """The keyword arguments ``forward``/``infer`` take from the speech mel [B, Ts, M] (``source_lengths`` [B]
     for a padded batch): its rhythm curve for a model w/o rhythm adaptor, the mel itself for a reference_mel
     model; {} for the others (the official model)."""
+    c = config
     kw = {}
-    if config.reference_mel:
+    if c.reference_mel:
         kw.update(reference=source_mel, reference_lengths=source_lengths)
-    if not config.use_rhythm_adaptor:
-        c = config
+    if not c.use_rhythm_adaptor:
         r = rhythm_curve(source_mel, c.rhythm_beta, c.rhythm_sigma, source_lengths, log_base=c.mel_log_base)
         kw.update(source_rhythm=r, source_rhythm_lengths=source_lengths)
     return kw

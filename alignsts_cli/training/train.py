@@ -298,11 +298,16 @@ def draw(item: dict, rng, diffusion_steps: int) -> dict:
     return {**item, "t": t, "noise": rng.standard_normal(item["mel"].shape, dtype=np.float32)}
 
 
+def _source(model: AlignSTS, batch: dict) -> dict:
+    """What forward/infer take from a batch's source mel (``model.source_inputs``)."""
+    return source_inputs(model.config, batch["source"], batch["source_lengths"])
+
+
 def compute_losses(model: AlignSTS, batch: dict, net=None) -> dict:
     """The loss terms of a batch; ``net`` is what runs the forward (``model``, or its DDP wrapper)."""
     out = (net or model)(batch["mel"], batch["content"], batch["speaker"], batch["f0"], lengths=batch["lengths"],
                          content_lengths=batch["content_lengths"], t=batch.get("t"), noise=batch.get("noise"),
-                         **source_inputs(model.config, batch["source"], batch["source_lengths"]))
+                         **_source(model, batch))
     return out["losses"]
 
 
@@ -451,7 +456,7 @@ def render_samples(model: AlignSTS, vocoder, items: list[tuple[str, dict]], fold
         for item_id, item in items:
             batch = collate([item], device)
             noise = torch.randn(c.diffusion_steps + 1, 1, 1, c.n_mels, len(item["mel"])).to(device)
-            out = model.infer(batch["content"], batch["speaker"], batch["f0"], noise, **source_inputs(model.config, batch["source"], batch["source_lengths"]))
+            out = model.infer(batch["content"], batch["speaker"], batch["f0"], noise, **_source(model, batch))
             audio = vocoder.synthesize(out["mel"][0], batch["f0"][0])
             written.append(save_audio(folder / f"{item_id}.wav", audio, sr, overwrite=True))
             if ground_truth is not None and not (ground_truth / f"{item_id}.wav").exists():
