@@ -377,10 +377,11 @@ class AlignSTS(nn.Module):
 
     def _reference(self, reference, reference_lengths, attention, content_lengths, lengths):
         """reference_mel: the speech mel [B, Ts, M]'s envelope, stretched to the content frames and gathered
-        onto the song's frames by the attention [B, T, Tc] -> encoded [B, T, D]."""
+        onto the song's frames by the attention [B, T, Tc] -> (encoded [B, T, D], the base [B, T, M] of a
+        reference_residual model, else None)."""
         if reference is None:
             raise ValueError("this voice takes the speech's own mel (reference_mel=True): pass reference=speech_mel")
-        b, t_src, _ = reference.shape
+        b, t_src, m = reference.shape
         t_c = attention.shape[-1]
         src = reference_lengths if reference_lengths is not None else torch.full((b,), t_src, dtype=torch.long)
         dst = content_lengths if content_lengths is not None else torch.full((b,), t_c, dtype=torch.long)
@@ -388,11 +389,18 @@ class AlignSTS(nn.Module):
         envelope = stretch @ (reference @ self.lifter)  # [B, Tc, M]
         gathered = attention @ envelope  # [B, T, M]
         x_r, _ = self.reference_encoder(gathered.transpose(1, 2), lengths)
-        return x_r.transpose(1, 2)
+        base = None
+        if self.config.reference_residual:  # hard gather: the most attended speech frame, not a blur of several
+            pick = attention.argmax(-1)  # [B, T]
+            base = envelope.gather(1, pick[..., None].expand(-1, -1, m))
+            if lengths is not None:
+                base = base * lengths_to_mask(lengths, base.shape[1])[..., None].to(base.dtype)
+        return x_r.transpose(1, 2), base
 
     def _fuse(self, rhythm, x_c, x_p, speaker, lengths, content_lengths, reference=None, reference_lengths=None):
         """Cross-modal alignment and fusion. Returns condition [B, T, D], mask [B, T] float,
-        attention [B, T, Tc] and the per-layer maps."""
+        attention [B, T, Tc], the per-layer maps and the base mel [B, T, M] the decoder's output is added to
+        (reference_residual models; else None)."""
         c = self.config
         b, t_len, _ = rhythm.shape
         if c.use_cross_modal_alignment:
@@ -411,13 +419,15 @@ class AlignSTS(nn.Module):
             cond = cond + x_p
         if c.fuse_rhythm or not c.use_cross_modal_alignment:
             cond = cond + rhythm
+        base = None
         if c.reference_mel:
-            cond = cond + self._reference(reference, reference_lengths, attention, content_lengths, lengths)
+            x_r, base = self._reference(reference, reference_lengths, attention, content_lengths, lengths)
+            cond = cond + x_r
         if lengths is not None:
             mask = lengths_to_mask(lengths, t_len).to(cond.dtype)
         else:  # official: the mask comes from the aligner's output (zero rows = padding)
             mask = (aligned.abs().sum(-1) != 0).to(cond.dtype)
-        return cond * mask[..., None], mask, attention, maps
+        return cond * mask[..., None], mask, attention, maps, base
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -458,10 +468,12 @@ class AlignSTS(nn.Module):
             else:
                 rhythm = self._stretched_rhythm(source_rhythm, source_rhythm_lengths, t_len, lengths)
             rhythm = self._upsample(rhythm, t_len, lengths)
-            cond, mask, attention, maps = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths,
-                                                     reference, reference_lengths)
+            cond, mask, attention, maps, base = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths,
+                                                           reference, reference_lengths)
             dmask = mask[:, None] if lengths is not None else None
             mel = self.diff_decoder.sample(cond.transpose(1, 2), noise, dmask, generator)[:, 0].transpose(1, 2)
+            if base is not None:  # the decoder drew the residual
+                mel = mel + base
             if lengths is not None:
                 mel = mel * mask[..., None]
             return {
@@ -526,12 +538,12 @@ class AlignSTS(nn.Module):
         else:
             rhythm = self._stretched_rhythm(source_rhythm, source_rhythm_lengths, t_len, lengths)
         rhythm = self._upsample(rhythm, t_len, lengths)
-        cond, mask, attention, maps = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths,
-                                                 reference, reference_lengths)
+        cond, mask, attention, maps, base = self._fuse(rhythm, x_c, x_p, speaker, lengths, content_lengths,
+                                                       reference, reference_lengths)
         guided = guided_attention_loss(maps, full_t, full_c, c.aligner_guided_g) if maps else zero
 
-        # diffusion decoder: predict x0 from x_t at a random step
-        x0 = mel.transpose(1, 2)[:, None]  # [B, 1, M, T]
+        # diffusion decoder: predict x0 from x_t at a random step (x0 = what the song adds to the base)
+        x0 = (mel if base is None else mel - base).transpose(1, 2)[:, None]  # [B, 1, M, T]
         dec = self.diff_decoder
         if t is None:
             t = torch.randint(0, c.diffusion_steps + 1, (b,), device=mel.device)
@@ -541,6 +553,8 @@ class AlignSTS(nn.Module):
         x_t = dec.q_sample(x0, t, noise) * keep
         dmask = mask[:, None] if lengths is not None else None
         pred = (dec.denoise_fn(x_t, t, cond.transpose(1, 2), dmask) * keep)[:, 0].transpose(1, 2)  # [B, T, M]
+        if base is not None:
+            pred = pred + base
         valid = lengths_to_mask(full_t, t_len)
         w = valid[..., None].to(mel.dtype)
         l1 = ((pred - mel).abs() * w).sum() / (w.sum() * mel.shape[-1])

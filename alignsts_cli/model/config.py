@@ -104,6 +104,11 @@ class AlignSTSConfig:
     # voice and the consonants' spectra come from the input rather than from the speaker embedding alone.
     reference_mel: bool = False
     reference_lifter: int = 20  # cepstral coefficients kept of each speech mel frame (its envelope, not its harmonics)
+    # reference_residual (with reference_mel): the decoder no longer sings the whole mel but what the song adds
+    # to the speech's envelope: its output is that envelope, each song frame taking the one speech frame the
+    # aligner attends to most (a hard gather, so a burst stays a burst), plus the diffused residual
+    # (AlignSTS._base): the voice and the consonants pass through instead of being re-drawn from memory.
+    reference_residual: bool = False
 
     extra: dict = field(default_factory=dict)  # free-form notes (training data, source checkpoint, ...)
 
@@ -134,6 +139,9 @@ class AlignSTSConfig:
             problems.append(f"profile {self.audio_profile} has {want} mels, not {self.n_mels}")
         if self.reference_mel and not 1 <= self.reference_lifter <= self.n_mels:
             problems.append(f"reference_lifter must lie between 1 and n_mels ({self.n_mels})")
+        if self.reference_residual and not (self.reference_mel and self.use_cross_modal_alignment):
+            problems.append("reference_residual needs reference_mel and the cross-modal aligner (its attention "
+                            "picks the speech frames)")
         if self.mel_log_base <= 1:
             problems.append("mel_log_base must be greater than 1")
         if problems:

@@ -45,10 +45,11 @@ def test_long_melody_is_converted_in_chunks(tmp_path):
 
 
 @pytest.mark.parametrize("ablation", [{"use_rhythm_adaptor": False}, {"use_cross_modal_alignment": False},
-                                      {"use_f0_skip": False}, {"reference_mel": True}], ids=lambda a: next(iter(a)))
+                                      {"use_f0_skip": False}, {"reference_mel": True},
+                                      {"reference_mel": True, "reference_residual": True}], ids=lambda a: "+".join(a))
 def test_ablated_voices_sing(tmp_path, ablation):
     """Voices trained as the paper's ablations convert too (w/o RA follows the speech's own rhythm), and so does
-    a voice that takes the speech's own mel (reference_mel)."""
+    a voice that takes the speech's own mel (reference_mel), or sings on it (reference_residual)."""
     from alignsts_cli.audio import load_speech
     from alignsts_cli.analysis import analyse_speech
     from alignsts_cli.melody import load_midi
@@ -60,12 +61,12 @@ def test_ablated_voices_sing(tmp_path, ablation):
     assert len(res.audio) == round(melody.duration * res.sample_rate) and np.all(np.isfinite(res.audio))
 
 
-@pytest.mark.parametrize("reference", [False, True], ids=["mfcc", "reference-mel"])
+@pytest.mark.parametrize("reference", [False, True, "residual"], ids=["mfcc", "reference-mel", "residual"])
 def test_batched_chunks_match_one_by_one(tmp_path, reference):
     """The padded, length-masked batch path (used on CUDA) gives what one-at-a-time gives."""
     from alignsts_cli.engines.alignsts import ChunkInput
 
-    engine = _engine(tmp_path, reference_mel=reference)
+    engine = _engine(tmp_path, reference_mel=bool(reference), reference_residual=reference == "residual")
     rng = np.random.default_rng(0)
     spk = rng.standard_normal(256).astype(np.float32)
     spk /= np.linalg.norm(spk)

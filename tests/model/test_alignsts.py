@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from alignsts_cli.model import AlignSTS, AlignSTSConfig, f0_to_coarse, rhythm_curve
-from alignsts_cli.model.alignsts import lifter_matrix
+from alignsts_cli.model.alignsts import batch_stretch_matrix, lifter_matrix
 from alignsts_cli.model.attention import (
     attention_band_mass,
 )
@@ -486,6 +486,37 @@ def test_reference_mel_carries_the_speech_envelope_into_the_condition():
     losses = model(torch.randn(1, 48, cfg.n_mels) - 3, content, speaker, f0, reference=speech)["losses"]
     losses["total"].backward()
     assert model.reference_encoder.convolutions[0][0].weight.grad.abs().sum() > 0
+
+
+def test_reference_residual_sings_on_the_speech_frames_the_aligner_picks():
+    from alignsts_cli.errors import AlignSTSError
+
+    with pytest.raises(AlignSTSError, match="reference_residual"):
+        tiny_config(reference_residual=True)  # it needs the speech mel
+    cfg = tiny_config(reference_mel=True, reference_lifter=4, reference_residual=True)
+    model = AlignSTS(cfg)
+    with torch.no_grad():  # a decoder that draws no residual (its output layer's weight starts at zero)
+        model.diff_decoder.denoise_fn.output_projection.bias.zero_()
+    assert set(model.state_dict()) == set(AlignSTS(tiny_config(reference_mel=True, reference_lifter=4)).state_dict())
+    content, speaker, f0 = random_inputs(cfg, t=48, tc=13)
+    speech = torch.randn(1, 26, cfg.n_mels, generator=torch.Generator().manual_seed(3)) - 4
+    envelope = batch_stretch_matrix(torch.tensor([26]), torch.tensor([13]), 26, 13) @ (speech @ lifter_matrix(cfg.n_mels, 4))
+    out = model.infer(content, speaker, f0, reference=speech)
+    picked = envelope[0, out["attention"][0].argmax(-1)]  # each song frame: one whole speech frame, not a blend
+    torch.testing.assert_close(out["mel"][0], picked, atol=1e-5, rtol=0)
+    assert len(set(out["attention"][0].argmax(-1).tolist())) > 1
+    # training learns the residual: with no residual drawn, its x̂0 is the base at its own (teacher-forced) attention
+    model.train()
+    song = torch.randn(1, 48, cfg.n_mels) - 3
+    res = model(song, content, speaker, f0, reference=speech)
+    torch.testing.assert_close(res["mel_pred"][0], envelope[0, res["attention"][0].argmax(-1)], atol=1e-5, rtol=0)
+    # a decoder with weights adds its residual on top, and gradients reach it
+    live = lively(AlignSTS(cfg))
+    live.train()
+    res = live(song, content, speaker, f0, reference=speech)
+    assert (res["mel_pred"][0] - envelope[0, res["attention"][0].argmax(-1)]).abs().max() > 1e-3
+    res["losses"]["total"].backward()
+    assert live.diff_decoder.denoise_fn.output_projection.weight.grad.abs().sum() > 0
 
 
 def test_training_loss_falls_and_the_vq_uses_several_codes():
