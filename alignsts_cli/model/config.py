@@ -107,7 +107,7 @@ class AlignSTSConfig:
     # reference_residual (with reference_mel): the decoder no longer sings the whole mel but what the song adds
     # to the speech's envelope: its output is that envelope, each song frame taking the one speech frame the
     # aligner attends to most (a hard gather, so a burst stays a burst), plus the diffused residual
-    # (AlignSTS._base): the voice and the consonants pass through instead of being re-drawn from memory.
+    # (AlignSTS._reference): the voice and the consonants pass through instead of being re-drawn from memory.
     reference_residual: bool = False
 
     extra: dict = field(default_factory=dict)  # free-form notes (training data, source checkpoint, ...)
