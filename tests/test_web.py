@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 import threading
@@ -49,6 +50,13 @@ def _short_tune(path: Path, seconds: float = 3.0) -> Path:
     return path
 
 
+def _hear_ctrl_c() -> None:
+    """A suite started in the background by a shell without job control (`pytest &` in a script) has SIGINT
+    ignored, which its children inherit, and then Python never turns Ctrl-C into KeyboardInterrupt: the server
+    would only stop when killed. Its Ctrl-C is what these tests check, so the child starts with the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """`alignsts web` in a subprocess, with its own temporary folder (to see that it is cleaned)."""
 
@@ -58,7 +66,8 @@ class Server:
         self.port = _free_port()
         env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "alignsts_cli", "web", "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     preexec_fn=_hear_ctrl_c)
         self.line = self.proc.stdout.readline()  # "alignsts web page at URL ..." once it listens
         if "web page at" not in self.line:
             self.proc.kill()
